@@ -1,0 +1,1 @@
+"""thunkscope: observable drop-in async helpers for LLM backends."""
