@@ -1,1 +1,34 @@
-"""thunkscope: observable drop-in async helpers for LLM backends."""
+"""thunkscope: observable drop-in async helpers for LLM backends.
+
+The helpers of ``mellea.helpers.async_helpers``, with the same positional parameters,
+each call observed through OpenTelemetry spans and metrics and structlog events::
+
+    import asyncio, thunkscope
+
+    queue: asyncio.Queue = asyncio.Queue()
+    asyncio.create_task(thunkscope.send_to_queue(client.chat(...), queue, chunk_timeout=30))
+
+Importing thunkscope configures nothing; call `configure()` once to export over OTLP.
+"""
+
+from thunkscope._cache import ClientCache
+from thunkscope._config import TelemetryHandle, add_trace_context, configure, configure_logging
+from thunkscope._gather import wait_for_all_mots
+from thunkscope._loop import get_current_event_loop
+from thunkscope._stream import DEFAULT_CHUNK_TIMEOUT, send_to_queue
+from thunkscope._version import __version__
+from thunkscope._watch import inflight
+
+__all__ = [
+    "DEFAULT_CHUNK_TIMEOUT",
+    "ClientCache",
+    "TelemetryHandle",
+    "__version__",
+    "add_trace_context",
+    "configure",
+    "configure_logging",
+    "get_current_event_loop",
+    "inflight",
+    "send_to_queue",
+    "wait_for_all_mots",
+]

@@ -1,0 +1,94 @@
+"""thunkscope's structured log events: through structlog when the application set it up.
+
+If the application configured structlog, events flow through its processors under
+the logger name ``thunkscope``. If it did not, they go to the standard library logger
+``thunkscope`` (silent below WARNING unless the application says otherwise), so that
+structlog's print-everything default never puts thunkscope's debug noise on stdout.
+
+Every event carries ``trace_id`` and ``span_id`` of the active span, put in by the
+emitter itself so they are there whatever processors the application configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import structlog
+from opentelemetry import trace as trace_api
+
+from thunkscope import _names as n
+from thunkscope._telemetry import report_failure
+
+DEBUG: Final = logging.DEBUG
+INFO: Final = logging.INFO
+WARNING: Final = logging.WARNING
+ERROR: Final = logging.ERROR
+
+_METHOD = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"}
+
+_stdlib = logging.getLogger(n.LOGGER_NAME)
+_structlog = structlog.get_logger(n.LOGGER_NAME)
+
+# Whether structlog was configured, read off its config object: one attribute read
+# instead of `structlog.is_configured()`, which costs more than a cache hit.
+try:
+    _structlog_config: Any = structlog._config._CONFIG
+    _structlog_config.is_configured  # noqa: B018
+except AttributeError:  # pragma: no cover - structlog moved its internals
+    _structlog_config = None
+
+# The standard library caches `isEnabledFor` answers per level in `Logger._cache` and
+# empties that dict in place whenever a level changes; reading it directly keeps the
+# "is debug on?" question to a dict lookup on hot paths.
+_level_cache: dict[int, bool] | None = getattr(_stdlib, "_cache", None)
+
+
+def _structlog_configured() -> bool:
+    if _structlog_config is None:  # pragma: no cover
+        return structlog.is_configured()
+    return bool(_structlog_config.is_configured)
+
+
+def enabled(level: int) -> bool:
+    """Whether an event at `level` could be seen by anyone; cheap enough for cache hits."""
+    if _structlog_configured():
+        return True
+    if _level_cache is not None:
+        cached = _level_cache.get(level)
+        if cached is not None:
+            return cached
+    return _stdlib.isEnabledFor(level)
+
+
+def trace_context() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the active span, hex as the OTel API formats them."""
+    ctx = trace_api.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {
+        "trace_id": trace_api.format_trace_id(ctx.trace_id),
+        "span_id": trace_api.format_span_id(ctx.span_id),
+    }
+
+
+def emit(level: int, event: str, /, **fields: Any) -> None:
+    """Log one thunkscope event; a failing handler or processor never reaches the caller."""
+    try:
+        if _structlog_configured():
+            if "trace_id" not in fields:
+                fields.update(trace_context())
+            getattr(_structlog, _METHOD[level])(event, **fields)
+        elif _stdlib.isEnabledFor(level):
+            if "trace_id" not in fields:
+                fields.update(trace_context())
+            rendered = " ".join(f"{key}={value!r}" for key, value in fields.items())
+            _stdlib.log(
+                level,
+                "%s %s",
+                event,
+                rendered,
+                extra={"thunkscope_event": event, "thunkscope_fields": fields},
+            )
+    except Exception as exc:
+        report_failure(f"log event {event}", exc)

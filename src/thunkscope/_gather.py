@@ -1,0 +1,106 @@
+"""wait_for_all_mots: await many model output thunks at once, as one observed call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry import trace as trace_api
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
+
+from thunkscope import _events as events
+from thunkscope import _names as n
+from thunkscope._telemetry import report_failure, telemetry
+
+
+async def wait_for_all_mots(mots: Iterable[Any]) -> None:
+    """Await ``avalue()`` of every thunk concurrently in one `asyncio.gather`.
+
+    Returns None. The first exception propagates (the other thunks keep running, as
+    with `gather`). Any iterable of objects with an awaitable ``avalue()`` works.
+    """
+    thunks = _checked(mots)
+    span = _start_span(len(thunks))
+    start = time.monotonic()
+    error: BaseException | None = None
+    try:
+        with trace_api.use_span(
+            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        ):
+            await asyncio.gather(*(thunk.avalue() for thunk in thunks))
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        _finish(span, len(thunks), error, time.monotonic() - start)
+
+
+def _checked(mots: Iterable[Any]) -> list[Any]:
+    """The thunks as a list; a TypeError naming the culprit before anything is awaited."""
+    try:
+        thunks = list(mots)
+    except TypeError:
+        raise TypeError(
+            f"mots must be an iterable of model output thunks, got {type(mots).__name__}"
+        ) from None
+    for index, thunk in enumerate(thunks):
+        if not callable(getattr(thunk, "avalue", None)):
+            raise TypeError(
+                f"mots[{index}] has no avalue() method: got {type(thunk).__qualname__}; "
+                "wait_for_all_mots expects model output thunks"
+            )
+    return thunks
+
+
+def _start_span(size: int) -> Span:
+    if not telemetry.tracing():
+        return INVALID_SPAN
+    try:
+        return telemetry.tracer.start_span(
+            n.SPAN_WAIT_FOR_ALL_MOTS, attributes={n.GATHER_SIZE: size}
+        )
+    except Exception as exc:
+        report_failure("span start", exc)
+        return INVALID_SPAN
+
+
+def _finish(span: Span, size: int, error: BaseException | None, duration: float) -> None:
+    if error is None:
+        outcome, error_type = n.OUTCOME_COMPLETED, None
+    elif isinstance(error, asyncio.CancelledError):
+        outcome, error_type = n.OUTCOME_CANCELLED, None
+    else:
+        outcome, error_type = n.OUTCOME_ERROR, type(error).__qualname__
+    try:
+        if span.is_recording():
+            span.set_attribute(n.GATHER_OUTCOME, outcome)
+            if error_type is not None:
+                span.set_attribute(n.ERROR_TYPE, error_type)
+                span.set_status(Status(StatusCode.ERROR, f"a thunk raised {error_type}"))
+    except Exception as exc:
+        report_failure("span attributes", exc)
+    finally:
+        try:
+            span.end()
+        except Exception as exc:
+            report_failure("span end", exc)
+    try:
+        labels = {n.GATHER_OUTCOME: outcome}
+        if error_type is not None:
+            labels[n.ERROR_TYPE] = error_type
+        instruments = telemetry.instruments
+        instruments.gather_duration.record(duration, labels)
+        instruments.gather_size.record(size)
+    except Exception as exc:
+        report_failure("gather metrics", exc)
+    fields: dict[str, Any] = {"size": size, "outcome": outcome, "duration_s": round(duration, 6)}
+    ctx = span.get_span_context()
+    if ctx.is_valid:
+        fields["trace_id"] = trace_api.format_trace_id(ctx.trace_id)
+        fields["span_id"] = trace_api.format_span_id(ctx.span_id)
+    if error_type is None:
+        events.emit(events.INFO, n.LOG_GATHER_COMPLETED, **fields)
+    else:
+        events.emit(events.WARNING, n.LOG_GATHER_FAILED, error_type=error_type, **fields)

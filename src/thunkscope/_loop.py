@@ -1,0 +1,37 @@
+"""get_current_event_loop: the running loop or None, never an exception."""
+
+from __future__ import annotations
+
+import asyncio
+
+from thunkscope import _events as events
+from thunkscope import _names as n
+from thunkscope._telemetry import report_failure, telemetry
+
+
+def get_current_event_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop, or None when there is none. Never raises."""
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    stats = telemetry.loop_stats
+    if loop is None:
+        stats.missing += 1
+    else:
+        stats.found += 1
+    if telemetry.cheap_span_wanted():
+        _record_span(loop is not None)
+    if events.enabled(events.DEBUG):
+        events.emit(events.DEBUG, n.LOG_EVENT_LOOP_LOOKUP, found=loop is not None)
+    return loop
+
+
+def _record_span(found: bool) -> None:
+    try:
+        span = telemetry.tracer.start_span(
+            n.SPAN_GET_CURRENT_EVENT_LOOP, attributes={n.EVENT_LOOP_FOUND: found}
+        )
+        span.end()
+    except Exception as exc:
+        report_failure("span", exc)

@@ -1,0 +1,357 @@
+"""send_to_queue: the producer side of the queue protocol, with its span, metrics and logs.
+
+The protocol a consumer relies on (SPEC section 1): every item of an async-iterator
+response in order and then ``None``; any other response as one item and then
+``None``; an exception instead of anything after it; cancellation never swallowed.
+The per-item loop does a clock read and a few stores; everything else (span, metrics,
+logs) happens once per stream, at its start and its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as trace_api
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
+
+from thunkscope import _events as events
+from thunkscope import _names as n
+from thunkscope._telemetry import report_failure, telemetry
+from thunkscope._watch import (
+    AWAITING_ITEM,
+    StreamWatch,
+    new_stream_id,
+    register,
+    unregister,
+)
+
+DEFAULT_CHUNK_TIMEOUT: Final = 120.0
+"""Seconds `send_to_queue` waits for each item of a stream, the first one included."""
+
+DEFAULT_STREAM_NAME: Final = "default"
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<from THUNKSCOPE_STALL_AFTER>"
+
+
+_UNSET: Final = _Unset()
+
+
+async def send_to_queue(
+    co: Any,
+    aqueue: asyncio.Queue[Any],
+    *,
+    chunk_timeout: float | None = DEFAULT_CHUNK_TIMEOUT,
+    on_timeout: Callable[[], object] | None = None,
+    stall_after: float | _Unset | None = _UNSET,
+    name: str = DEFAULT_STREAM_NAME,
+) -> None:
+    """Feed a backend's response into `aqueue`, ending it with ``None`` or an exception.
+
+    `co` is a coroutine (awaited; its result is the response) or the response itself.
+    An async-iterator response is streamed item by item; anything else is one item.
+    `chunk_timeout` bounds each wait for the iterator's next item (first included);
+    on expiry `on_timeout()` is called, a `TimeoutError` is put on the queue and the
+    iterator is closed. `stall_after` seconds without an item produce a stall warning
+    (span event, log, metric) but never abort. `name` labels the stream's metrics:
+    keep it low-cardinality (a backend or model family, never a request id).
+    """
+    if not callable(getattr(aqueue, "put", None)):
+        _close_unawaited(co)
+        raise TypeError(
+            f"aqueue must be an asyncio.Queue (or have an async put()), got {type(aqueue).__name__}"
+        )
+    try:
+        timeout = _seconds("chunk_timeout", chunk_timeout)
+        stall = (
+            telemetry.settings.stall_after
+            if isinstance(stall_after, _Unset)
+            else _seconds("stall_after", stall_after)
+        )
+        if on_timeout is not None and not callable(on_timeout):
+            raise TypeError(
+                f"on_timeout must be a callable or None, got {type(on_timeout).__name__}"
+            )
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+    except (TypeError, ValueError) as exc:
+        # The producer usually runs as a task nobody awaits: the consumer must see the
+        # error on the queue rather than wait for a sentinel that never comes.
+        _close_unawaited(co)
+        events.emit(
+            events.ERROR, n.LOG_STREAM_BAD_ARGUMENT, error_type=type(exc).__name__, reason=str(exc)
+        )
+        await aqueue.put(exc)
+        return
+
+    start = time.monotonic()
+    span = _start_span(name)
+    watch = StreamWatch(
+        stream_id=new_stream_id(),
+        name=name,
+        span=span,
+        timeout=timeout,
+        stall_after=stall,
+        now=start,
+    )
+    if span.is_recording():
+        span.set_attribute(n.STREAM_ID, watch.stream_id)
+    token = (
+        otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
+    )
+    register(watch)
+    events.emit(events.DEBUG, n.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name)
+
+    mode: str | None = None
+    outcome = n.OUTCOME_COMPLETED
+    error: BaseException | None = None
+    response: Any = None
+    try:
+        watch.backend_type = getattr(co, "__qualname__", type(co).__qualname__)
+        watch.arm(start)
+        response = await co if isinstance(co, Coroutine) else co
+        watch.backend_type = type(response).__qualname__
+        if isinstance(response, AsyncIterator):
+            mode = n.MODE_ITERATOR
+            watch.state = AWAITING_ITEM
+            watch.last = time.monotonic()
+            watch.arm(watch.last)
+            await _pump(response, aqueue, watch)
+        else:
+            mode = n.MODE_SINGLE
+            watch.note_item(time.monotonic())
+            watch.items = 1
+            await watch.put(aqueue, response)
+        watch.disarm()
+        if span.is_recording():
+            span.add_event(n.EVENT_SENTINEL, {n.STREAM_ITEMS: watch.items})
+        await watch.put(aqueue, None)
+    except asyncio.CancelledError as exc:
+        task = watch.task
+        if not (watch.expired and task is not None and task.uncancel() == 0):
+            outcome, error = n.OUTCOME_CANCELLED, exc
+            raise
+        outcome = n.OUTCOME_TIMEOUT
+        error = _timeout_error(timeout)
+        await _on_stream_timeout(watch, response, aqueue, error, on_timeout)
+    except Exception as exc:
+        outcome, error = n.OUTCOME_ERROR, exc
+        watch.disarm()
+        if span.is_recording():
+            span.add_event(n.EVENT_ERROR_FORWARDED, {n.ERROR_TYPE: type(exc).__qualname__})
+        await watch.put(aqueue, exc)
+    finally:
+        watch.disarm()
+        unregister(watch)
+        if token is not None:
+            otel_context.detach(token)
+        _finish(watch, mode, outcome, error, time.monotonic())
+
+
+async def _pump(
+    iterator: AsyncIterator[Any], aqueue: asyncio.Queue[Any], watch: StreamWatch
+) -> None:
+    """The hot loop: one clock read, a comparison and two stores per item."""
+    put = aqueue.put
+    bounded = _is_bounded(aqueue)
+    clock = time.monotonic
+    async for item in iterator:
+        now = clock()
+        if now - watch.last > watch.watermark:
+            watch.note_item(now)  # first item, a new longest gap, or the end of a stall
+        watch.last = now
+        watch.items += 1
+        if bounded and aqueue.full():
+            await watch.blocked_put(put, item)
+        else:
+            await put(item)
+
+
+def _is_bounded(aqueue: Any) -> bool:
+    """Whether `put` may block: an asyncio.Queue with a maxsize, or any unknown queue."""
+    maxsize = getattr(aqueue, "maxsize", None)
+    return not (isinstance(maxsize, int) and maxsize <= 0) and callable(
+        getattr(aqueue, "full", None)
+    )
+
+
+def _seconds(argument: str, value: object) -> float | None:
+    """`value` as a positive number of seconds, or None; a ValueError naming `argument`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f"{argument} must be a positive number of seconds or None, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if not value > 0 or math.isnan(value):
+        raise ValueError(f"{argument} must be a positive number of seconds or None, got {value!r}")
+    return float(value)
+
+
+def _timeout_error(timeout: float | None) -> TimeoutError:
+    return TimeoutError(
+        f"The backend sent nothing for {timeout:g} seconds: chunk_timeout covers the wait "
+        "for the first item and the gaps between items. Raise the STREAM_TIMEOUT model "
+        "option, or set it to None to turn this guard off."
+    )
+
+
+async def _on_stream_timeout(
+    watch: StreamWatch,
+    iterator: Any,
+    aqueue: asyncio.Queue[Any],
+    error: TimeoutError,
+    on_timeout: Callable[[], object] | None,
+) -> None:
+    """The deadline expired: tell the backend, tell the consumer, close the iterator."""
+    if watch.span.is_recording():
+        watch.span.add_event(
+            n.EVENT_TIMEOUT, {"thunkscope.stream.chunk_timeout": watch.timeout or 0.0}
+        )
+    if on_timeout is not None:
+        try:
+            result = on_timeout()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            events.emit(
+                events.ERROR,
+                "stream.on_timeout_failed",
+                stream_id=watch.stream_id,
+                stream=watch.name,
+                error_type=type(exc).__qualname__,
+            )
+    await watch.put(aqueue, error)
+    await _close_iterator(iterator, watch)
+
+
+async def _close_iterator(iterator: Any, watch: StreamWatch) -> None:
+    """Close a stalled iterator so its connection is released; never raise."""
+    close = getattr(iterator, "aclose", None) or getattr(iterator, "close", None)
+    if close is None:
+        return
+    try:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        events.emit(
+            events.WARNING,
+            "stream.close_failed",
+            stream_id=watch.stream_id,
+            stream=watch.name,
+            error_type=type(exc).__qualname__,
+        )
+
+
+def _close_unawaited(co: object) -> None:
+    """Close a coroutine we will never await, so Python does not warn about it."""
+    if inspect.iscoroutine(co):
+        co.close()
+
+
+def _start_span(name: str) -> Span:
+    if not telemetry.tracing():
+        return INVALID_SPAN
+    try:
+        return telemetry.tracer.start_span(
+            n.SPAN_SEND_TO_QUEUE,
+            kind=SpanKind.PRODUCER,
+            attributes={n.STREAM_NAME: name},
+        )
+    except Exception as exc:
+        report_failure("span start", exc)
+        return INVALID_SPAN
+
+
+_LOG_BY_OUTCOME: Final = {
+    n.OUTCOME_COMPLETED: (events.INFO, n.LOG_STREAM_COMPLETED),
+    n.OUTCOME_ERROR: (events.WARNING, n.LOG_STREAM_ERROR_FORWARDED),
+    n.OUTCOME_TIMEOUT: (events.ERROR, n.LOG_STREAM_TIMED_OUT),
+    n.OUTCOME_CANCELLED: (events.WARNING, n.LOG_STREAM_CANCELLED),
+}
+
+
+def _finish(
+    watch: StreamWatch, mode: str | None, outcome: str, error: BaseException | None, end: float
+) -> None:
+    """Record the stream once, at its end: span attributes and status, metrics, one log."""
+    span = watch.span
+    duration = end - watch.started
+    ttfi = None if watch.first_item_at is None else watch.first_item_at - watch.started
+    error_type = None if error is None else type(error).__qualname__
+    try:
+        if span.is_recording():
+            attributes: dict[str, Any] = {
+                n.STREAM_ITEMS: watch.items,
+                n.STREAM_OUTCOME: outcome,
+                n.STREAM_MAX_ITEM_GAP: watch.max_gap,
+                n.STREAM_PUT_WAIT: watch.put_wait,
+            }
+            if mode is not None:
+                attributes[n.STREAM_MODE] = mode
+            if ttfi is not None:
+                attributes[n.STREAM_TIME_TO_FIRST_ITEM] = ttfi
+            if error_type is not None and outcome != n.OUTCOME_CANCELLED:
+                attributes[n.ERROR_TYPE] = error_type
+                span.set_status(
+                    Status(StatusCode.ERROR, _status_description(outcome, watch, error_type))
+                )
+            span.set_attributes(attributes)
+    except Exception as exc:
+        report_failure("span attributes", exc)
+    finally:
+        try:
+            span.end()
+        except Exception as exc:
+            report_failure("span end", exc)
+    try:
+        label = telemetry.stream_names.fold(watch.name)
+        by_name = {n.STREAM_NAME: label}
+        duration_labels = {n.STREAM_NAME: label, n.STREAM_OUTCOME: outcome}
+        if error_type is not None and outcome != n.OUTCOME_CANCELLED:
+            duration_labels[n.ERROR_TYPE] = error_type
+        instruments = telemetry.instruments
+        instruments.stream_duration.record(duration, duration_labels)
+        instruments.queue_put_wait.record(watch.put_wait, by_name)
+        if ttfi is not None:
+            instruments.stream_ttfi.record(ttfi, by_name)
+        if mode == n.MODE_ITERATOR:
+            instruments.stream_items.record(watch.items, by_name)
+            if watch.items >= 2:
+                instruments.stream_max_gap.record(watch.max_gap, by_name)
+    except Exception as exc:
+        report_failure("stream metrics", exc)
+    level, event = _LOG_BY_OUTCOME[outcome]
+    fields: dict[str, Any] = {
+        "stream_id": watch.stream_id,
+        "stream": watch.name,
+        "items": watch.items,
+        "duration_s": round(duration, 6),
+    }
+    if ttfi is not None:
+        fields["time_to_first_item_s"] = round(ttfi, 6)
+    if watch.put_wait:
+        fields["put_wait_s"] = round(watch.put_wait, 6)
+    if error_type is not None:
+        fields["error_type"] = error_type
+    if watch.trace_id is not None:
+        ctx = span.get_span_context()
+        fields["trace_id"] = watch.trace_id
+        fields["span_id"] = trace_api.format_span_id(ctx.span_id)
+    events.emit(level, event, **fields)
+
+
+def _status_description(outcome: str, watch: StreamWatch, error_type: str) -> str:
+    if outcome == n.OUTCOME_TIMEOUT:
+        return f"no item from the backend within chunk_timeout={watch.timeout:g}s"
+    return f"backend raised {error_type}"

@@ -1,0 +1,366 @@
+"""The OTel side of every helper: providers, lazy instruments, settings, and failure isolation.
+
+Helpers ask this module three cheap questions before doing any telemetry work
+("is anyone tracing?", "should this cheap helper emit a span?", "which stream or
+cache name may label a metric?") so that, with the API's no-op defaults, a call costs
+next to nothing. Everything that touches the OTel SDK goes through `guarded` paths:
+telemetry that throws is reported once and never reaches the application.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from opentelemetry import metrics as metrics_api
+from opentelemetry import trace as trace_api
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from thunkscope import _names as n
+from thunkscope._version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Histogram, Meter, MeterProvider
+    from opentelemetry.trace import Tracer, TracerProvider
+
+SpanMode = Literal["all", "in_trace"]
+
+_stdlib_log = logging.getLogger(n.LOGGER_NAME)
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def _env_float(name: str, default: float | None) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() in {"none", "off", "0"}:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        _stdlib_log.warning("ignoring %s=%r: not a number of seconds", name, raw)
+        return default
+    return value if value > 0 else None
+
+
+@dataclass(slots=True)
+class Settings:
+    """Process-wide knobs, read from the environment once and changed by `configure()`."""
+
+    span_mode: SpanMode = "all"
+    stall_after: float | None = 30.0
+    capture_content: bool = False
+    content_limit: int = 256
+    name_limit: int = 100
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings as the THUNKSCOPE_* environment variables give them."""
+        mode = os.environ.get("THUNKSCOPE_SPANS", "all").strip().lower() or "all"
+        if mode not in ("all", "in_trace"):
+            _stdlib_log.warning("ignoring THUNKSCOPE_SPANS=%r: expected 'all' or 'in_trace'", mode)
+            mode = "all"
+        capture = os.environ.get("THUNKSCOPE_CAPTURE_CONTENT", "").strip().lower()
+        return cls(
+            span_mode=mode,  # type: ignore[arg-type]
+            stall_after=_env_float("THUNKSCOPE_STALL_AFTER", 30.0),
+            capture_content=capture in {"1", "true", "yes", "on"},
+        )
+
+
+# --- failure isolation ----------------------------------------------------------------------
+
+_reported: set[tuple[str, type[BaseException]]] = set()
+_reported_lock = threading.Lock()
+
+
+def report_failure(where: str, exc: BaseException) -> None:
+    """Log a telemetry failure once per place and exception type; never raise."""
+    key = (where, type(exc))
+    with _reported_lock:
+        if key in _reported:
+            return
+        _reported.add(key)
+    with contextlib.suppress(Exception):  # a logging handler that throws
+        _stdlib_log.warning(
+            "thunkscope telemetry failed in %s (%s); the helper's result is unaffected, "
+            "further failures of this kind are not logged",
+            where,
+            type(exc).__name__,
+        )
+
+
+# --- bounded metric labels ------------------------------------------------------------------
+
+
+class NameCap:
+    """Admit at most `limit` distinct names as metric labels; fold the rest into `other`."""
+
+    OTHER = "other"
+
+    def __init__(self, kind: str, limit: int) -> None:
+        self._kind = kind
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def fold(self, name: str) -> str:
+        """The label to use for `name`: itself while under the cap, else `other`."""
+        if name in self._seen:
+            return name
+        with self._lock:
+            if name in self._seen:
+                return name
+            if len(self._seen) < self.limit:
+                self._seen.add(name)
+                return name
+            if not self._warned:
+                self._warned = True
+                _stdlib_log.warning(
+                    "more than %d distinct %s names; further names are reported as %r in "
+                    "metrics (spans and logs keep the real name)",
+                    self.limit,
+                    self._kind,
+                    self.OTHER,
+                )
+        return self.OTHER
+
+    def names(self) -> list[str]:
+        """The names admitted so far."""
+        with self._lock:
+            return sorted(self._seen)
+
+
+# --- aggregated counters for the cheap helpers ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Cumulative counts for every ClientCache of one name, read by observable instruments.
+
+    A cache hit only increments an int here; the SDK sees the totals at collection time.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    stale: int = 0
+    evictions: int = 0
+    caches: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+
+
+@dataclass(slots=True)
+class LoopStats:
+    """Cumulative get_current_event_loop counts, by whether a loop was running."""
+
+    found: int = 0
+    missing: int = 0
+
+
+class Telemetry:
+    """The tracer, the instruments and the settings every helper shares.
+
+    Providers are the global ones unless `use()` names others (the instrumentor's
+    ``tracer_provider=``/``meter_provider=`` arguments, and tests). The tracer and the
+    instruments are created on first use through the API's proxies, so providers the
+    application sets after importing thunkscope are picked up.
+    """
+
+    def __init__(self) -> None:
+        self.settings = Settings.from_env()
+        self.stream_names = NameCap("stream", self.settings.name_limit)
+        self.cache_names = NameCap("cache", self.settings.name_limit)
+        self.cache_stats: dict[str, CacheStats] = {}
+        self.loop_stats = LoopStats()
+        self._tracer_provider: TracerProvider | None = None
+        self._meter_provider: MeterProvider | None = None
+        self._tracer: Tracer | None = None
+        self._instruments: Instruments | None = None
+        self._lock = threading.Lock()
+        self.active_streams: Callable[[], dict[str, int]] = dict
+
+    def use(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        """Send telemetry to these providers instead of the global ones (None: global)."""
+        with self._lock:
+            self._tracer_provider = tracer_provider
+            self._meter_provider = meter_provider
+            self._tracer = None
+            self._instruments = None
+
+    # -- tracing ---------------------------------------------------------------------------
+
+    def tracing(self) -> bool:
+        """Whether any tracer provider is set: a module attribute read, not an env lookup."""
+        return (
+            self._tracer_provider is not None
+            or getattr(trace_api, "_TRACER_PROVIDER", True) is not None
+        )
+
+    def cheap_span_wanted(self) -> bool:
+        """Whether the cheap helpers (loop lookup, cache) should emit a span now."""
+        if not self.tracing():
+            return False
+        if self.settings.span_mode == "all":
+            return True
+        return trace_api.get_current_span().get_span_context().is_valid
+
+    @property
+    def tracer(self) -> Tracer:
+        """The thunkscope tracer of the chosen provider."""
+        tracer = self._tracer
+        if tracer is None:
+            tracer = self._tracer = trace_api.get_tracer(
+                n.SCOPE, __version__, tracer_provider=self._tracer_provider
+            )
+        return tracer
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    @property
+    def instruments(self) -> Instruments:
+        """The synchronous instruments, creating them (and the observable ones) once."""
+        instruments = self._instruments
+        if instruments is None:
+            with self._lock:
+                instruments = self._instruments
+                if instruments is None:
+                    meter = metrics_api.get_meter(
+                        n.SCOPE, __version__, meter_provider=self._meter_provider
+                    )
+                    instruments = self._instruments = Instruments(meter, self)
+        return instruments
+
+    def stats_for_cache(self, name: str) -> CacheStats:
+        """The shared counters of caches called `name` (folded past the name cap)."""
+        label = self.cache_names.fold(name)
+        stats = self.cache_stats.get(label)
+        if stats is None:
+            with self._lock:
+                stats = self.cache_stats.setdefault(label, CacheStats())
+        # Make sure the observable instruments exist so the SDK reads these counters.
+        self.instruments  # noqa: B018
+        return stats
+
+
+class Instruments:
+    """Every metric of the contract, created on one meter.
+
+    Per-stream and per-gather figures are synchronous histograms recorded once per call.
+    Counters the cheap helpers bump on every call are observable: the helper adds 1 to
+    an int and the SDK reads the totals when it collects.
+    """
+
+    def __init__(self, meter: Meter, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+
+        def histogram(metric: n.Metric, buckets: Iterable[float]) -> Histogram:
+            return meter.create_histogram(
+                metric.name,
+                unit=metric.unit,
+                description=metric.description,
+                explicit_bucket_boundaries_advisory=list(buckets),
+            )
+
+        self.stream_duration = histogram(n.STREAM_DURATION, n.SECONDS_BUCKETS)
+        self.stream_ttfi = histogram(n.STREAM_TTFI, n.SECONDS_BUCKETS)
+        self.stream_max_gap = histogram(n.STREAM_MAX_GAP, n.SECONDS_BUCKETS)
+        self.stream_items = histogram(n.STREAM_ITEM_COUNT, n.COUNT_BUCKETS)
+        self.queue_put_wait = histogram(n.QUEUE_PUT_WAIT, n.SECONDS_BUCKETS)
+        self.gather_duration = histogram(n.GATHER_DURATION, n.SECONDS_BUCKETS)
+        self.gather_size = histogram(n.GATHER_SIZE_METRIC, n.COUNT_BUCKETS)
+        self.stream_stalls = meter.create_counter(
+            n.STREAM_STALLS.name, unit=n.STREAM_STALLS.unit, description=n.STREAM_STALLS.description
+        )
+        meter.create_observable_up_down_counter(
+            n.STREAM_ACTIVE.name,
+            callbacks=[self._observe_active_streams],
+            unit=n.STREAM_ACTIVE.unit,
+            description=n.STREAM_ACTIVE.description,
+        )
+        meter.create_observable_counter(
+            n.CACHE_LOOKUPS.name,
+            callbacks=[self._observe_cache_lookups],
+            unit=n.CACHE_LOOKUPS.unit,
+            description=n.CACHE_LOOKUPS.description,
+        )
+        meter.create_observable_counter(
+            n.CACHE_EVICTIONS.name,
+            callbacks=[self._observe_cache_evictions],
+            unit=n.CACHE_EVICTIONS.unit,
+            description=n.CACHE_EVICTIONS.description,
+        )
+        meter.create_observable_gauge(
+            n.CACHE_ENTRY_COUNT.name,
+            callbacks=[self._observe_cache_entries],
+            unit=n.CACHE_ENTRY_COUNT.unit,
+            description=n.CACHE_ENTRY_COUNT.description,
+        )
+        meter.create_observable_gauge(
+            n.CACHE_ENTRY_LIMIT.name,
+            callbacks=[self._observe_cache_limits],
+            unit=n.CACHE_ENTRY_LIMIT.unit,
+            description=n.CACHE_ENTRY_LIMIT.description,
+        )
+        meter.create_observable_counter(
+            n.EVENT_LOOP_LOOKUPS.name,
+            callbacks=[self._observe_loop_lookups],
+            unit=n.EVENT_LOOP_LOOKUPS.unit,
+            description=n.EVENT_LOOP_LOOKUPS.description,
+        )
+
+    def _observe_active_streams(self, _: CallbackOptions) -> Iterator[Observation]:
+        active = self._telemetry.active_streams()
+        for name in self._telemetry.stream_names.names():
+            yield Observation(active.get(name, 0), {n.STREAM_NAME: name})
+
+    def _observe_cache_lookups(self, _: CallbackOptions) -> Iterator[Observation]:
+        for name, stats in list(self._telemetry.cache_stats.items()):
+            yield Observation(stats.hits, {n.CACHE_NAME: name, n.CACHE_RESULT: n.RESULT_HIT})
+            yield Observation(stats.misses, {n.CACHE_NAME: name, n.CACHE_RESULT: n.RESULT_MISS})
+            if stats.stale:
+                yield Observation(stats.stale, {n.CACHE_NAME: name, n.CACHE_RESULT: n.RESULT_STALE})
+
+    def _observe_cache_evictions(self, _: CallbackOptions) -> Iterator[Observation]:
+        for name, stats in list(self._telemetry.cache_stats.items()):
+            yield Observation(stats.evictions, {n.CACHE_NAME: name})
+
+    def _observe_cache_entries(self, _: CallbackOptions) -> Iterator[Observation]:
+        for name, stats in list(self._telemetry.cache_stats.items()):
+            total = sum(cache.current_size() for cache in list(stats.caches))
+            yield Observation(total, {n.CACHE_NAME: name})
+
+    def _observe_cache_limits(self, _: CallbackOptions) -> Iterator[Observation]:
+        for name, stats in list(self._telemetry.cache_stats.items()):
+            total = sum(cache.capacity for cache in list(stats.caches))
+            yield Observation(total, {n.CACHE_NAME: name})
+
+    def _observe_loop_lookups(self, _: CallbackOptions) -> Iterator[Observation]:
+        stats = self._telemetry.loop_stats
+        yield Observation(stats.found, {n.EVENT_LOOP_FOUND: True})
+        yield Observation(stats.missing, {n.EVENT_LOOP_FOUND: False})
+
+
+telemetry = Telemetry()
+"""The process-wide telemetry state every helper reads."""
+
+
+def use_providers(
+    *,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> None:
+    """Point thunkscope at these providers instead of the global ones (None: global)."""
+    telemetry.use(tracer_provider=tracer_provider, meter_provider=meter_provider)
