@@ -1,0 +1,107 @@
+"""The ``thunkscope`` command: ``demo`` runs the workload, ``inflight`` shows live streams."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from thunkscope import _config, _demo
+from thunkscope._telemetry import use_providers
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thunkscope", description="Observable async helpers for LLM backends."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="run a simulated LLM backend workload through the helpers"
+    )
+    demo.add_argument("--duration", type=_positive, default=5.0, help="seconds (default 5)")
+    demo.add_argument(
+        "--otlp-endpoint",
+        help="export traces, metrics and logs to this OTLP collector (e.g. http://localhost:4318)",
+    )
+    demo.add_argument(
+        "--protocol",
+        choices=["http/protobuf", "grpc"],
+        help="OTLP protocol (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)",
+    )
+    demo.add_argument(
+        "--prometheus-port",
+        type=int,
+        help="also serve the metrics for a Prometheus scrape at 127.0.0.1:PORT/metrics",
+    )
+    demo.add_argument("--service-name", default="thunkscope-demo")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _COMMANDS["demo"] = run_demo
+
+    return parser
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo workload and print what the telemetry recorded."""
+    summary_reader = InMemoryMetricReader()
+    readers: list[MetricReader] = [summary_reader]
+    if args.prometheus_port is not None:
+        readers.append(_demo.prometheus_reader(args.prometheus_port))
+    handle: _config.TelemetryHandle | None = None
+    if args.otlp_endpoint:
+        handle = _config.configure(
+            service_name=args.service_name,
+            endpoint=args.otlp_endpoint,
+            protocol=args.protocol,
+            log_format="console",
+            log_level="warning",
+            metric_export_interval_s=5.0,
+            metric_readers=readers,
+        )
+    else:
+        resource = Resource.create({SERVICE_NAME: args.service_name})
+        use_providers(
+            tracer_provider=TracerProvider(resource=resource),
+            meter_provider=MeterProvider(resource=resource, metric_readers=readers),
+        )
+        _config.configure_logging("console", level="warning")
+    try:
+        workload = _demo.Workload(duration_s=args.duration)
+        rounds = workload.run()
+        summary = _demo.summarize(summary_reader, rounds)
+    finally:
+        if handle is not None:
+            handle.shutdown()
+    if args.json:
+        print(json.dumps(summary.__dict__, indent=2, sort_keys=True))
+    else:
+        print(summary.render())
+        if args.otlp_endpoint:
+            print(f"\ntelemetry exported to {args.otlp_endpoint}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``thunkscope`` console script."""
+    args = build_parser().parse_args(argv)
+    return _COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
