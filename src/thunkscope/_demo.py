@@ -10,6 +10,7 @@ the telemetry itself, so what you see is what a dashboard would show.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -30,7 +31,7 @@ from thunkscope._gather import wait_for_all_mots
 from thunkscope._loop import get_current_event_loop
 from thunkscope._stream import send_to_queue
 
-TOKENS = [
+TOKENS = "The quick brown fox jumps over the lazy dog while the model streams".split()  # noqa: SIM905
     "The",
     "quick",
     "brown",
@@ -112,35 +113,33 @@ class Workload:
 
     async def requests(self, *, with_failures: bool) -> None:
         """A burst of requests on the current loop: streams, a single answer, a gather."""
-        thunks = [Thunk() for _ in range(self.streams_per_loop)]
-        for thunk in thunks:
-            asyncio.create_task(
-                send_to_queue(self.client().stream(self.tokens), thunk.queue, name="chat-stream")
-            )
-        client = self.client()
-        single = Thunk()
-        asyncio.create_task(send_to_queue(client.complete(), single.queue, name="chat-single"))
-        thunks.append(single)
-        if with_failures:
-            stalled, failed = Thunk(), Thunk()
-            asyncio.create_task(
+        thunks = [Thunk() for _ in range(self.streams_per_loop + 1)]
+        producers = [
+            send_to_queue(self.client().stream(self.tokens), thunk.queue, name="chat-stream")
+            for thunk in thunks[:-1]
+        ]
+        producers.append(send_to_queue(self.client().complete(), thunks[-1].queue, name="chat-single"))
+        failing = [Thunk(), Thunk()] if with_failures else []
+        if failing:
+            client = self.client()
+            producers.append(
                 send_to_queue(
                     client.stream(self.tokens, stall_at=5),
-                    stalled.queue,
+                    failing[0].queue,
                     chunk_timeout=self.chunk_timeout_s,
                     stall_after=self.stall_after_s,
                     name="chat-stream",
                 )
             )
-            asyncio.create_task(
-                send_to_queue(client.failing_stream(3), failed.queue, name="chat-stream")
+            producers.append(
+                send_to_queue(client.failing_stream(3), failing[1].queue, name="chat-stream")
             )
-            for thunk in (stalled, failed):
-                try:
-                    await thunk.avalue()
-                except (TimeoutError, ConnectionResetError):
-                    pass
+        tasks = [asyncio.create_task(producer) for producer in producers]
+        for thunk in failing:
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                await thunk.avalue()
         await wait_for_all_mots(thunks)
+        await asyncio.gather(*tasks)
 
     def run(self) -> int:
         """Run rounds until the duration is spent; return how many rounds ran."""
