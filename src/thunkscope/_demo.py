@@ -32,21 +32,6 @@ from thunkscope._loop import get_current_event_loop
 from thunkscope._stream import send_to_queue
 
 TOKENS = "The quick brown fox jumps over the lazy dog while the model streams".split()  # noqa: SIM905
-    "The",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "the",
-    "lazy",
-    "dog",
-    "while",
-    "the",
-    "model",
-    "streams",
-    "tokens",
-]
 
 
 class FakeClient:
@@ -118,7 +103,8 @@ class Workload:
             send_to_queue(self.client().stream(self.tokens), thunk.queue, name="chat-stream")
             for thunk in thunks[:-1]
         ]
-        producers.append(send_to_queue(self.client().complete(), thunks[-1].queue, name="chat-single"))
+        single = send_to_queue(self.client().complete(), thunks[-1].queue, name="chat-single")
+        producers.append(single)
         failing = [Thunk(), Thunk()] if with_failures else []
         if failing:
             client = self.client()
