@@ -108,6 +108,7 @@ async def send_to_queue(
         otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
     )
     register(watch)
+    telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
     events.emit(events.DEBUG, n.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name)
 
     mode: str | None = None

@@ -1,0 +1,106 @@
+"""Shared fixtures: in-memory OTel providers wired into thunkscope, and captured log events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import structlog
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from thunkscope import _telemetry
+
+pytest_plugins = ["support.collectors"]
+
+
+@dataclass
+class Telemetry:
+    """Finished spans and collected metrics of thunkscope, for exact assertions."""
+
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+    tracer_provider: TracerProvider
+
+    def spans(self, name: str | None = None) -> list[ReadableSpan]:
+        """Finished spans, oldest first, optionally only those called `name`."""
+        spans = list(self.exporter.get_finished_spans())
+        return [s for s in spans if name is None or s.name == name]
+
+    def points(self, metric_name: str) -> list[Any]:
+        """Data points of one thunkscope metric as collected now."""
+        data = self.reader.get_metrics_data()
+        if data is None:
+            return []
+        found: list[Any] = []
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name == metric_name:
+                        found.extend(metric.data.data_points)
+        return found
+
+    def metric(self, metric_name: str) -> Any:
+        """The collected metric object (name, unit, data) of one thunkscope metric."""
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name == metric_name:
+                        return metric
+        raise AssertionError(f"metric {metric_name} was not collected")
+
+    def by_attributes(self, metric_name: str) -> dict[frozenset[tuple[str, Any]], Any]:
+        """Data points keyed by their attribute set."""
+        return {frozenset(p.attributes.items()): p for p in self.points(metric_name)}
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    """Point thunkscope at fresh in-memory providers for one test."""
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    _telemetry.use_providers(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        yield Telemetry(exporter, reader, tracer_provider)
+    finally:
+        _telemetry.use_providers()
+        meter_provider.shutdown()
+        tracer_provider.shutdown()
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    """thunkscope's structlog events of one test, as event dicts (level included)."""
+    with structlog.testing.capture_logs() as captured:
+        yield captured
+    structlog.reset_defaults()  # capture_logs leaves structlog marked as configured
+
+
+@pytest.fixture
+def stdlib_records(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Records of the standard library logger ``thunkscope`` at every level."""
+    caplog.set_level(logging.DEBUG, logger="thunkscope")
+    return caplog
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings() -> Iterator[None]:
+    """Each test starts from the settings of the environment, and leaves them so."""
+    saved = _telemetry.telemetry.settings
+    _telemetry.telemetry.settings = _telemetry.Settings.from_env()
+    try:
+        yield
+    finally:
+        _telemetry.telemetry.settings = saved
+        structlog.reset_defaults()

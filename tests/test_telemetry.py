@@ -1,0 +1,515 @@
+"""Spans, metrics and log events of every helper, through in-memory exporters (SPEC section 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace as trace_api
+from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
+from opentelemetry.trace import SpanKind, StatusCode
+
+from conftest import Telemetry
+from thunkscope import (
+    ClientCache,
+    get_current_event_loop,
+    send_to_queue,
+    wait_for_all_mots,
+)
+from thunkscope import _names as n
+from thunkscope._telemetry import telemetry as state
+
+
+class NonNegativeFloat:
+    """Equal to any float >= 0: for durations inside otherwise exact attribute dicts."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, float) and other >= 0.0
+
+    def __repr__(self) -> str:
+        return "<float >= 0>"
+
+
+SECONDS = NonNegativeFloat()
+
+
+async def agen(*items: Any, delay: float = 0.0) -> AsyncIterator[Any]:
+    for item in items:
+        if delay:
+            await asyncio.sleep(delay)
+        yield item
+
+
+class Thunk:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    async def avalue(self) -> Any:
+        await asyncio.sleep(0)
+        if isinstance(self.value, Exception):
+            raise self.value
+        return self.value
+
+
+def events_of(span: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [(event.name, dict(event.attributes or {})) for event in span.events]
+
+
+class TestSendToQueueSpan:
+    async def test_completed_stream(self, telemetry: Telemetry) -> None:
+        """A completed stream is one PRODUCER span with the contract's exact attributes."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(agen("a", "b", "c"), queue, name="chat")
+        (span,) = telemetry.spans()
+        assert span.name == n.SPAN_SEND_TO_QUEUE
+        assert span.kind == SpanKind.PRODUCER
+        assert span.instrumentation_scope is not None
+        assert span.instrumentation_scope.name == "thunkscope"
+        attributes = dict(span.attributes or {})
+        assert attributes == {
+            n.STREAM_ID: attributes[n.STREAM_ID],
+            n.STREAM_NAME: "chat",
+            n.STREAM_MODE: n.MODE_ITERATOR,
+            n.STREAM_ITEMS: 3,
+            n.STREAM_OUTCOME: n.OUTCOME_COMPLETED,
+            n.STREAM_TIME_TO_FIRST_ITEM: SECONDS,
+            n.STREAM_MAX_ITEM_GAP: SECONDS,
+            n.STREAM_PUT_WAIT: 0.0,
+        }
+        assert isinstance(attributes[n.STREAM_ID], str)
+        assert attributes[n.STREAM_ID]
+        assert events_of(span) == [
+            (n.EVENT_FIRST_ITEM, {}),
+            (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 3}),
+        ]
+        assert span.status.status_code == StatusCode.UNSET
+
+    async def test_single_response(self, telemetry: Telemetry) -> None:
+        """A single response is mode=single with one item."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def backend() -> str:
+            return "answer"
+
+        await send_to_queue(backend(), queue, name="single")
+        (span,) = telemetry.spans()
+        attributes = dict(span.attributes or {})
+        assert attributes == {
+            n.STREAM_ID: attributes[n.STREAM_ID],
+            n.STREAM_NAME: "single",
+            n.STREAM_MODE: n.MODE_SINGLE,
+            n.STREAM_ITEMS: 1,
+            n.STREAM_OUTCOME: n.OUTCOME_COMPLETED,
+            n.STREAM_TIME_TO_FIRST_ITEM: SECONDS,
+            n.STREAM_MAX_ITEM_GAP: 0.0,
+            n.STREAM_PUT_WAIT: 0.0,
+        }
+
+    async def test_forwarded_error(self, telemetry: Telemetry) -> None:
+        """A backend error sets error.type, status ERROR and a stream.error_forwarded event."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def backend() -> AsyncIterator[str]:
+            yield "a"
+            raise ConnectionResetError("secret prompt text")
+
+        await send_to_queue(backend(), queue, name="chat")
+        (span,) = telemetry.spans()
+        attributes = dict(span.attributes or {})
+        assert attributes[n.STREAM_OUTCOME] == n.OUTCOME_ERROR
+        assert attributes[n.ERROR_TYPE] == "ConnectionResetError"
+        assert attributes[n.STREAM_ITEMS] == 1
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.status.description == "backend raised ConnectionResetError"
+        assert events_of(span) == [
+            (n.EVENT_FIRST_ITEM, {}),
+            (n.EVENT_ERROR_FORWARDED, {n.ERROR_TYPE: "ConnectionResetError"}),
+        ]
+
+    async def test_timeout(self, telemetry: Telemetry) -> None:
+        """A chunk timeout ends the span as outcome=timeout, status ERROR, with its event."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def stalls() -> AsyncIterator[str]:
+            yield "a"
+            await asyncio.sleep(10)
+            yield "b"
+
+        await send_to_queue(stalls(), queue, chunk_timeout=0.05, stall_after=None, name="chat")
+        (span,) = telemetry.spans()
+        attributes = dict(span.attributes or {})
+        assert attributes[n.STREAM_OUTCOME] == n.OUTCOME_TIMEOUT
+        assert attributes[n.ERROR_TYPE] == "TimeoutError"
+        assert span.status.status_code == StatusCode.ERROR
+        assert span.status.description == "no item from the backend within chunk_timeout=0.05s"
+        assert [name for name, _ in events_of(span)] == [n.EVENT_FIRST_ITEM, n.EVENT_TIMEOUT]
+
+    async def test_cancelled(self, telemetry: Telemetry) -> None:
+        """A cancelled producer ends its span once, as outcome=cancelled, status unset."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(send_to_queue(agen("a", delay=10), queue, name="chat"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (span,) = telemetry.spans()
+        attributes = dict(span.attributes or {})
+        assert attributes[n.STREAM_OUTCOME] == n.OUTCOME_CANCELLED
+        assert n.ERROR_TYPE not in attributes
+        assert span.status.status_code == StatusCode.UNSET
+
+    async def test_child_of_active_span_and_current_during_backend_call(
+        self, telemetry: Telemetry
+    ) -> None:
+        """The span is a child of the caller's span and is current while the backend runs."""
+        tracer = telemetry.tracer_provider.get_tracer("app")
+        seen: list[Any] = []
+
+        async def backend() -> str:
+            seen.append(trace_api.get_current_span().get_span_context())
+            return "x"
+
+        with tracer.start_as_current_span("request") as parent:
+            await send_to_queue(backend(), asyncio.Queue())
+        (producer,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert producer.parent is not None
+        assert producer.parent.span_id == parent.get_span_context().span_id
+        assert producer.context.trace_id == parent.get_span_context().trace_id
+        assert seen == [producer.context]
+
+
+class TestOtherSpans:
+    async def test_gather(self, telemetry: Telemetry) -> None:
+        """wait_for_all_mots records its size and outcome on an INTERNAL span."""
+        await wait_for_all_mots([Thunk(1), Thunk(2), Thunk(3)])
+        (span,) = telemetry.spans()
+        assert (span.name, span.kind) == (n.SPAN_WAIT_FOR_ALL_MOTS, SpanKind.INTERNAL)
+        assert dict(span.attributes or {}) == {
+            n.GATHER_SIZE: 3,
+            n.GATHER_OUTCOME: n.OUTCOME_COMPLETED,
+        }
+
+    async def test_gather_failure(self, telemetry: Telemetry) -> None:
+        """A failing thunk propagates and marks the span as an error with error.type."""
+        with pytest.raises(KeyError):
+            await wait_for_all_mots([Thunk(1), Thunk(KeyError("k"))])
+        (span,) = telemetry.spans()
+        assert dict(span.attributes or {}) == {
+            n.GATHER_SIZE: 2,
+            n.GATHER_OUTCOME: n.OUTCOME_ERROR,
+            n.ERROR_TYPE: "KeyError",
+        }
+        assert span.status.status_code == StatusCode.ERROR
+
+    async def test_event_loop_lookup(self, telemetry: Telemetry) -> None:
+        """get_current_event_loop records whether it found a loop."""
+        assert get_current_event_loop() is asyncio.get_running_loop()
+        (span,) = telemetry.spans()
+        assert (span.name, span.kind) == (n.SPAN_GET_CURRENT_EVENT_LOOP, SpanKind.INTERNAL)
+        assert dict(span.attributes or {}) == {n.EVENT_LOOP_FOUND: True}
+
+    def test_event_loop_lookup_outside_loop(self, telemetry: Telemetry) -> None:
+        """Outside any loop the lookup returns None, never raises, and says found=False."""
+        assert get_current_event_loop() is None
+        (span,) = telemetry.spans()
+        assert dict(span.attributes or {}) == {n.EVENT_LOOP_FOUND: False}
+
+    def test_cache_spans(self, telemetry: Telemetry) -> None:
+        """Cache get and put spans carry name, result or evicted, size; evictions are events."""
+        cache: ClientCache[str, str] = ClientCache(1, name="spans-cache")
+        cache.get("a")
+        cache.put("a", "client-a")
+        cache.get("a")
+        cache.put("b", "client-b")
+        spans = telemetry.spans()
+        assert [(s.name, dict(s.attributes or {})) for s in spans] == [
+            (
+                n.SPAN_CACHE_GET,
+                {n.CACHE_NAME: "spans-cache", n.CACHE_SIZE: 0, n.CACHE_RESULT: "miss"},
+            ),
+            (
+                n.SPAN_CACHE_PUT,
+                {n.CACHE_NAME: "spans-cache", n.CACHE_SIZE: 1, n.CACHE_EVICTED: False},
+            ),
+            (
+                n.SPAN_CACHE_GET,
+                {n.CACHE_NAME: "spans-cache", n.CACHE_SIZE: 1, n.CACHE_RESULT: "hit"},
+            ),
+            (
+                n.SPAN_CACHE_PUT,
+                {n.CACHE_NAME: "spans-cache", n.CACHE_SIZE: 1, n.CACHE_EVICTED: True},
+            ),
+        ]
+        assert all(s.kind == SpanKind.INTERNAL for s in spans)
+        assert events_of(spans[3]) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: "spans-cache"})]
+        assert events_of(spans[1]) == []
+
+    def test_in_trace_mode_skips_cheap_spans_outside_a_trace(self, telemetry: Telemetry) -> None:
+        """With spans=in_trace, cache and loop lookups emit spans only inside a trace."""
+        state.settings.span_mode = "in_trace"
+        cache: ClientCache[str, str] = ClientCache(2, name="in-trace")
+        cache.get("outside")
+        get_current_event_loop()
+        assert telemetry.spans() == []
+        tracer = telemetry.tracer_provider.get_tracer("app")
+        with tracer.start_as_current_span("request"):
+            cache.get("inside")
+            get_current_event_loop()
+        assert [s.name for s in telemetry.spans()] == [
+            n.SPAN_CACHE_GET,
+            n.SPAN_GET_CURRENT_EVENT_LOOP,
+            "request",
+        ]
+
+    async def test_in_trace_mode_keeps_stream_spans(self, telemetry: Telemetry) -> None:
+        """in_trace mode never drops the spans of streams and gathers."""
+        state.settings.span_mode = "in_trace"
+        await send_to_queue(agen(1), asyncio.Queue())
+        await wait_for_all_mots([Thunk(1)])
+        assert [s.name for s in telemetry.spans()] == [
+            n.SPAN_SEND_TO_QUEUE,
+            n.SPAN_WAIT_FOR_ALL_MOTS,
+        ]
+
+
+KIND = {"histogram": Histogram, "counter": Sum, "up_down_counter": Sum, "gauge": Gauge}
+
+
+class TestMetrics:
+    async def test_known_stream_workload(self, telemetry: Telemetry) -> None:
+        """Three completed streams and one failed one give exact counts per attribute set."""
+        for count in (1, 2, 3):
+            await send_to_queue(agen(*range(count)), asyncio.Queue(), name="wl")
+
+        async def fails() -> AsyncIterator[int]:
+            yield 1
+            raise ValueError("no")
+
+        await send_to_queue(fails(), asyncio.Queue(), name="wl")
+        durations = telemetry.by_attributes(n.STREAM_DURATION.name)
+        completed = durations[
+            frozenset({n.STREAM_NAME: "wl", n.STREAM_OUTCOME: "completed"}.items())
+        ]
+        failed = durations[
+            frozenset(
+                {n.STREAM_NAME: "wl", n.STREAM_OUTCOME: "error", n.ERROR_TYPE: "ValueError"}.items()
+            )
+        ]
+        assert (completed.count, failed.count) == (3, 1)
+        (items,) = telemetry.points(n.STREAM_ITEM_COUNT.name)
+        assert (items.count, items.sum, items.min, items.max) == (4, 1 + 2 + 3 + 1, 1, 3)
+        (ttfi,) = telemetry.points(n.STREAM_TTFI.name)
+        assert ttfi.count == 4
+        (gap,) = telemetry.points(n.STREAM_MAX_GAP.name)
+        assert gap.count == 2  # only streams with two items or more have a gap
+        (put_wait,) = telemetry.points(n.QUEUE_PUT_WAIT.name)
+        assert (put_wait.count, put_wait.sum) == (4, 0.0)
+        active = {
+            p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
+        }
+        assert active["wl"] == 0
+
+    async def test_active_streams_while_running(self, telemetry: Telemetry) -> None:
+        """thunkscope.stream.active counts streams in flight and returns to zero."""
+        release = asyncio.Event()
+
+        async def held() -> AsyncIterator[int]:
+            await release.wait()
+            yield 1
+
+        tasks = [
+            asyncio.create_task(send_to_queue(held(), asyncio.Queue(), name="held"))
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.01)
+        by_name = {
+            p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
+        }
+        assert by_name["held"] == 3
+        release.set()
+        await asyncio.gather(*tasks)
+        by_name = {
+            p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
+        }
+        assert by_name["held"] == 0
+
+    def test_cache_metrics(self, telemetry: Telemetry) -> None:
+        """Lookups by result, evictions, entries and limit match a known cache workload."""
+        cache: ClientCache[int, str] = ClientCache(2, name="metrics-cache")
+        cache.get(1)  # miss
+        cache.put(1, "a")
+        cache.get(1)  # hit
+        cache.get(1)  # hit
+        cache.put(2, "b")
+        cache.put(3, "c")  # evicts 1
+        cache.get(1)  # miss
+        lookups = {
+            p.attributes[n.CACHE_RESULT]: p.value
+            for p in telemetry.points(n.CACHE_LOOKUPS.name)
+            if p.attributes[n.CACHE_NAME] == "metrics-cache"
+        }
+        assert lookups == {"hit": 2, "miss": 2}
+        values = {
+            name.name: [
+                p.value
+                for p in telemetry.points(name.name)
+                if p.attributes[n.CACHE_NAME] == "metrics-cache"
+            ]
+            for name in (n.CACHE_EVICTIONS, n.CACHE_ENTRY_COUNT, n.CACHE_ENTRY_LIMIT)
+        }
+        assert values == {
+            n.CACHE_EVICTIONS.name: [1],
+            n.CACHE_ENTRY_COUNT.name: [2],
+            n.CACHE_ENTRY_LIMIT.name: [2],
+        }
+
+    async def test_gather_and_loop_metrics(self, telemetry: Telemetry) -> None:
+        """Gather duration and size, and loop lookups, count exactly what was done."""
+        before = (state.loop_stats.found, state.loop_stats.missing)
+        await wait_for_all_mots([Thunk(1), Thunk(2)])
+        await wait_for_all_mots([Thunk(1), Thunk(2), Thunk(3), Thunk(4)])
+        for _ in range(5):
+            get_current_event_loop()
+        (size,) = telemetry.points(n.GATHER_SIZE_METRIC.name)
+        assert (size.count, size.sum) == (2, 6)
+        (duration,) = telemetry.points(n.GATHER_DURATION.name)
+        assert (dict(duration.attributes), duration.count) == ({n.GATHER_OUTCOME: "completed"}, 2)
+        lookups = {
+            p.attributes[n.EVENT_LOOP_FOUND]: p.value
+            for p in telemetry.points(n.EVENT_LOOP_LOOKUPS.name)
+        }
+        assert lookups == {True: before[0] + 5, False: before[1]}
+
+    async def test_every_metric_has_its_contract_unit_and_instrument(
+        self, telemetry: Telemetry
+    ) -> None:
+        """Each metric of the contract is emitted with its name, unit and instrument kind."""
+        cache: ClientCache[int, int] = ClientCache(1, name="units")
+        cache.get(1)
+        cache.put(1, 1)
+        get_current_event_loop()
+        await wait_for_all_mots([Thunk(1)])
+
+        async def stalls() -> AsyncIterator[int]:
+            yield 1
+            await asyncio.sleep(0.08)
+            yield 2
+
+        await send_to_queue(stalls(), asyncio.Queue(), stall_after=0.03, name="units")
+        for metric in n.METRICS:
+            collected = telemetry.metric(metric.name)
+            assert collected.unit == metric.unit, metric.name
+            assert isinstance(collected.data, KIND[metric.kind]), metric.name
+            if isinstance(collected.data, Sum):
+                assert collected.data.is_monotonic == (metric.kind == "counter"), metric.name
+            for point in collected.data.data_points:
+                assert set(point.attributes) <= set(metric.attributes), metric.name
+
+
+class TestLogEvents:
+    async def test_stream_events_carry_the_span_ids(
+        self, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """stream.started, first_item and completed carry the stream span's trace and span ids."""
+        await send_to_queue(agen("a", "b"), asyncio.Queue(), name="logs")
+        (span,) = telemetry.spans()
+        trace_id = trace_api.format_trace_id(span.context.trace_id)
+        span_id = trace_api.format_span_id(span.context.span_id)
+        assert [(e["event"], e["log_level"]) for e in log_events] == [
+            (n.LOG_STREAM_STARTED, "debug"),
+            (n.LOG_STREAM_FIRST_ITEM, "debug"),
+            (n.LOG_STREAM_COMPLETED, "info"),
+        ]
+        for event in log_events:
+            assert (event["trace_id"], event["span_id"]) == (trace_id, span_id)
+            assert event["stream"] == "logs"
+            assert event["stream_id"] == span.attributes[n.STREAM_ID]
+        assert log_events[-1]["items"] == 2
+        assert "a" not in log_events[-1].values()
+
+    async def test_levels_by_outcome(self, log_events: list[dict[str, Any]]) -> None:
+        """Forwarded errors warn, timeouts are errors, cancellations warn."""
+
+        async def fails() -> AsyncIterator[int]:
+            raise OSError("x")
+            yield 1
+
+        await send_to_queue(fails(), asyncio.Queue())
+
+        async def stalls() -> AsyncIterator[int]:
+            await asyncio.sleep(10)
+            yield 1
+
+        await send_to_queue(stalls(), asyncio.Queue(), chunk_timeout=0.03, stall_after=None)
+        task = asyncio.create_task(send_to_queue(stalls(), asyncio.Queue(), stall_after=None))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        ends = [
+            (e["event"], e["log_level"], e.get("error_type"))
+            for e in log_events
+            if e["event"] not in (n.LOG_STREAM_STARTED, n.LOG_STREAM_FIRST_ITEM)
+        ]
+        assert ends == [
+            (n.LOG_STREAM_ERROR_FORWARDED, "warning", "OSError"),
+            (n.LOG_STREAM_TIMED_OUT, "error", "TimeoutError"),
+            (n.LOG_STREAM_CANCELLED, "warning", "CancelledError"),
+        ]
+
+    def test_cache_events(self, log_events: list[dict[str, Any]]) -> None:
+        """Cache misses and evictions log at info, hits and puts at debug."""
+        cache: ClientCache[int, str] = ClientCache(1, name="log-cache")
+        cache.get(1)
+        cache.put(1, "a")
+        cache.get(1)
+        cache.put(2, "b")
+        assert [(e["event"], e["log_level"], e["cache"]) for e in log_events] == [
+            (n.LOG_CACHE_MISS, "info", "log-cache"),
+            (n.LOG_CACHE_PUT, "debug", "log-cache"),
+            (n.LOG_CACHE_HIT, "debug", "log-cache"),
+            (n.LOG_CACHE_PUT, "debug", "log-cache"),
+            (n.LOG_CACHE_EVICTED, "info", "log-cache"),
+        ]
+
+    async def test_gather_and_loop_events(self, log_events: list[dict[str, Any]]) -> None:
+        """Gathers log completed (info) or failed (warning); loop lookups log at debug."""
+        get_current_event_loop()
+        await wait_for_all_mots([Thunk(1)])
+        with pytest.raises(KeyError):
+            await wait_for_all_mots([Thunk(KeyError("k"))])
+        assert [(e["event"], e["log_level"]) for e in log_events] == [
+            (n.LOG_EVENT_LOOP_LOOKUP, "debug"),
+            (n.LOG_GATHER_COMPLETED, "info"),
+            (n.LOG_GATHER_FAILED, "warning"),
+        ]
+        assert log_events[2]["error_type"] == "KeyError"
+
+    async def test_unconfigured_structlog_goes_to_stdlib_logger(
+        self, stdlib_records: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without structlog configured, events go to the stdlib logger, not to stdout."""
+        await send_to_queue(agen(1), asyncio.Queue(), name="stdlib")
+        messages = [r.getMessage().split(" ")[0] for r in stdlib_records.records]
+        assert messages == [n.LOG_STREAM_STARTED, n.LOG_STREAM_FIRST_ITEM, n.LOG_STREAM_COMPLETED]
+        assert stdlib_records.records[-1].levelname == "INFO"
+        assert capsys.readouterr().out == ""
+
+    async def test_stdlib_logger_is_silent_below_warning_by_default(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With default logging, routine events are not emitted; warnings are."""
+        caplog.set_level(logging.WARNING)
+        await send_to_queue(agen(1), asyncio.Queue())
+
+        async def fails() -> AsyncIterator[int]:
+            raise OSError("x")
+            yield 1
+
+        await send_to_queue(fails(), asyncio.Queue())
+        assert [r.getMessage().split(" ")[0] for r in caplog.records if r.name == "thunkscope"] == [
+            n.LOG_STREAM_ERROR_FORWARDED
+        ]
