@@ -13,6 +13,8 @@ Importing thunkscope configures nothing; call `configure()` once to export over 
 
 from thunkscope._cache import ClientCache
 from thunkscope._config import TelemetryHandle, add_trace_context, configure, configure_logging
+from thunkscope._consumer import QueueIterator, iter_queue
+from thunkscope._debug_server import DebugServer, serve_debug
 from thunkscope._gather import wait_for_all_mots
 from thunkscope._loop import get_current_event_loop
 from thunkscope._stream import DEFAULT_CHUNK_TIMEOUT, send_to_queue
@@ -22,6 +24,8 @@ from thunkscope._watch import inflight
 __all__ = [
     "DEFAULT_CHUNK_TIMEOUT",
     "ClientCache",
+    "DebugServer",
+    "QueueIterator",
     "TelemetryHandle",
     "__version__",
     "add_trace_context",
@@ -29,6 +33,8 @@ __all__ = [
     "configure_logging",
     "get_current_event_loop",
     "inflight",
+    "iter_queue",
     "send_to_queue",
+    "serve_debug",
     "wait_for_all_mots",
 ]

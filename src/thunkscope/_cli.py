@@ -54,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     _COMMANDS["demo"] = run_demo
 
+    inflight = commands.add_parser(
+        "inflight",
+        help="show the streams in flight in a process that called thunkscope.serve_debug()",
+        description="A table of the running send_to_queue streams of a process, most idle "
+        "first, read from its thunkscope.serve_debug() endpoint.",
+    )
+    inflight.add_argument(
+        "--url", required=True, help="the serve_debug base URL, e.g. http://127.0.0.1:8765/"
+    )
+    inflight.add_argument(
+        "--watch", action="store_true", help="redraw the table until Ctrl-C, like top"
+    )
+    inflight.add_argument(
+        "--interval",
+        type=_positive,
+        default=1.0,
+        help="seconds between redraws with --watch (default 1)",
+    )
+    _COMMANDS["inflight"] = run_inflight
+
     return parser
 
 
@@ -95,6 +115,17 @@ def run_demo(args: argparse.Namespace) -> int:
         if args.otlp_endpoint:
             print(f"\ntelemetry exported to {args.otlp_endpoint}")
     return 0
+
+
+def run_inflight(args: argparse.Namespace) -> int:
+    """Print the in-flight table once, or keep redrawing it with --watch."""
+    from thunkscope import _inflight_view
+
+    try:
+        return _inflight_view.run(args.url, watch=args.watch, interval=args.interval)
+    except ValueError as exc:
+        print(f"thunkscope inflight: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

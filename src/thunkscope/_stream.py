@@ -24,9 +24,10 @@ from thunkscope import _events as events
 from thunkscope import _names as n
 from thunkscope._telemetry import report_failure, telemetry
 from thunkscope._watch import (
-    AWAITING_ITEM,
     StreamWatch,
+    backend_type_of,
     new_stream_id,
+    note_producer,
     register,
     unregister,
 )
@@ -108,6 +109,7 @@ async def send_to_queue(
         otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
     )
     register(watch)
+    note_producer(aqueue, watch)
     telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
     events.emit(events.DEBUG, n.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name)
 
@@ -116,15 +118,13 @@ async def send_to_queue(
     error: BaseException | None = None
     response: Any = None
     try:
-        watch.backend_type = getattr(co, "__qualname__", type(co).__qualname__)
+        watch.backend_type = backend_type_of(co)
         watch.arm(start)
         response = await co if isinstance(co, Coroutine) else co
-        watch.backend_type = type(response).__qualname__
+        watch.backend_type = backend_type_of(response)
         if isinstance(response, AsyncIterator):
             mode = n.MODE_ITERATOR
-            watch.state = AWAITING_ITEM
-            watch.last = time.monotonic()
-            watch.arm(watch.last)
+            watch.start_iterating(time.monotonic())
             await _pump(response, aqueue, watch)
         else:
             mode = n.MODE_SINGLE
@@ -142,6 +142,7 @@ async def send_to_queue(
             raise
         outcome = n.OUTCOME_TIMEOUT
         error = _timeout_error(timeout)
+        watch.disarm()  # the deadline must not fire again while the iterator is closed
         await _on_stream_timeout(watch, response, aqueue, error, on_timeout)
     except Exception as exc:
         outcome, error = n.OUTCOME_ERROR, exc

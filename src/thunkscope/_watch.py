@@ -8,18 +8,25 @@ Nothing is allocated and no timer is touched per item.
 
 Every running stream is registered here, so `thunkscope.inflight()` can answer
 "which stream is stuck right now, since when, and on what?" from any thread. The
-registry holds no reference to the iterator, the queue or the items.
+registry holds no reference of its own to the iterator, the queue or the items: it
+holds the producing task while that runs (to show its stack) and drops the stream the
+moment it ends. Queues are remembered weakly, with their producer's span context, so
+that a consumer's span can link to the producer's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import inspect
 import itertools
 import os
 import time
-import traceback
+import weakref
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Final, Literal
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from opentelemetry import trace as trace_api
 
@@ -28,7 +35,7 @@ from thunkscope import _names as n
 from thunkscope._telemetry import report_failure, telemetry
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, SpanContext
 
 State = Literal["awaiting_response", "awaiting_item", "stalled", "blocked_on_put"]
 AWAITING_RESPONSE: Final = "awaiting_response"
@@ -38,7 +45,8 @@ BLOCKED_ON_PUT: Final = "blocked_on_put"
 
 _ids = itertools.count(1)
 _id_prefix = os.urandom(4).hex()
-_STACK_DEPTH: Final = 12
+_STACK_DEPTH: Final = 16
+_STACK_WALK_LIMIT: Final = 64
 
 
 def new_stream_id() -> str:
@@ -59,8 +67,10 @@ class StreamWatch:
         "backend_type",
         "backpressure_warned",
         "expired",
+        "finishing",
         "first_item_at",
         "items",
+        "iterating",
         "last",
         "max_gap",
         "name",
@@ -112,6 +122,10 @@ class StreamWatch:
         self.put_wait = 0.0
         self.backpressure_warned = False
         self.expired = False
+        # The chunk_timeout deadline is in force only while items are awaited from an
+        # iterator; once the stream is finishing, only a blocked terminator put is watched.
+        self.iterating = False
+        self.finishing = False
         self.task: asyncio.Task[Any] | None = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._handle: asyncio.TimerHandle | None = None
@@ -127,9 +141,11 @@ class StreamWatch:
             if self.stall_after is None or self.backpressure_warned or self.put_started is None:
                 return
             due = self.put_started + self.stall_after
+        elif self.finishing:
+            return
         else:
             due = float("inf")
-            if self.timeout is not None and self.state != AWAITING_RESPONSE:
+            if self.timeout is not None and self.iterating:
                 due = self.last + self.timeout
             if self.stall_after is not None and self.stall_started is None:
                 due = min(due, self.last + self.stall_after)
@@ -138,7 +154,8 @@ class StreamWatch:
         self._handle = self._loop.call_later(max(0.0, due - now), self._on_timer)
 
     def disarm(self) -> None:
-        """Stop watching: the stream has ended."""
+        """Stop watching the backend: from now on only a blocked terminator put is watched."""
+        self.finishing = True
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -151,11 +168,7 @@ class StreamWatch:
                 self._warn_backpressure(now)
                 return
             idle = now - self.last
-            if (
-                self.timeout is not None
-                and self.state != AWAITING_RESPONSE
-                and idle >= self.timeout
-            ):
+            if self.timeout is not None and self.iterating and idle >= self.timeout:
                 self.expired = True
                 if self.task is not None:
                     self.task.cancel()
@@ -171,6 +184,19 @@ class StreamWatch:
         self.arm(now)
 
     # -- what the stream loop calls -----------------------------------------------------------
+
+    def start_iterating(self, now: float) -> None:
+        """The backend answered with an async iterator: the wait for its items begins.
+
+        The answer ends a stall of the response wait; the first item's wait is a new gap,
+        watched by the stall warning and the chunk_timeout deadline alike.
+        """
+        if self.stall_started is not None:
+            self.resume(now)
+        self.state = AWAITING_ITEM
+        self.iterating = True
+        self.last = now
+        self.arm(now)
 
     def note_item(self, now: float) -> None:
         """An item whose gap passed the watermark: first item, new longest gap, or a resume."""
@@ -227,7 +253,7 @@ class StreamWatch:
         self.stall_started = self.last
         self.stalls += 1
         self.watermark = -1.0  # the next item takes the slow path and reports the resume
-        if self.state == AWAITING_ITEM:
+        if self.state != BLOCKED_ON_PUT:
             self.state = STALLED
         attrs = {"thunkscope.stream.gap": idle, n.STREAM_ITEMS: self.items}
         if self.span.is_recording():
@@ -325,20 +351,59 @@ def _ids_of(span: Span) -> dict[str, str]:
 
 
 def _task_stack(task: asyncio.Task[Any] | None) -> list[str]:
-    """Where `task` is suspended, innermost frame last, as 'file:line in function' lines."""
+    """Where `task` is suspended, outermost frame first, as 'file:line in function' lines.
+
+    `Task.get_stack()` stops at the task's own coroutine; this follows what each
+    coroutine awaits (coroutines, async generators, ``yield from`` generators) down to
+    the innermost frame, which is where a stalled backend sits. Async generators are
+    reached through their ``asend`` awaitables, which name their generator only to the
+    garbage collector. Snapshot-time work only: nothing of it runs per item.
+    """
     if task is None or task.done():
         return []
     try:
-        frames = task.get_stack(limit=_STACK_DEPTH)
-        lines = []
-        for frame in frames:
-            summary = traceback.FrameSummary(
-                frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name, line=None
-            )
-            lines.append(f"{summary.filename}:{summary.lineno} in {summary.name}")
-        return lines
-    except Exception:  # a task finishing on another thread while we look
+        frames: list[FrameType] = []
+        awaited: object = task.get_coro()
+        for _ in range(_STACK_WALK_LIMIT):
+            frame, awaited = _frame_and_awaited(awaited)
+            if frame is not None:
+                frames.append(frame)
+            if awaited is None:
+                break
+        return [
+            f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+            for frame in frames[-_STACK_DEPTH:]
+        ]
+    except Exception:  # a task moving on, on another thread, while we look
         return []
+
+
+def _frame_and_awaited(obj: object) -> tuple[FrameType | None, object]:
+    """The frame of a suspended coroutine-like `obj`, and what it awaits in turn."""
+    if inspect.iscoroutine(obj):
+        return obj.cr_frame, obj.cr_await
+    if inspect.isasyncgen(obj):
+        return obj.ag_frame, obj.ag_await
+    if inspect.isgenerator(obj):
+        return obj.gi_frame, obj.gi_yieldfrom
+    # An async generator's asend/athrow awaitable, or another wrapper: step to the
+    # generator or coroutine it holds, if any. A future ends the walk.
+    if isinstance(obj, asyncio.Future):
+        return None, None
+    for referent in gc.get_referents(obj):
+        if inspect.isasyncgen(referent) or inspect.iscoroutine(referent):
+            return None, referent
+    return None, None
+
+
+def backend_type_of(obj: object) -> str:
+    """A payload-free name for the backend object: a function's or a class's qualified name."""
+    qualname = getattr(obj, "__qualname__", None)
+    if isinstance(qualname, str) and (
+        inspect.iscoroutine(obj) or inspect.isasyncgen(obj) or inspect.isgenerator(obj)
+    ):
+        return qualname
+    return type(obj).__qualname__
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -364,7 +429,7 @@ def registered() -> int:
 def active_by_name() -> dict[str, int]:
     """Running streams per metric label, for the `thunkscope.stream.active` instrument."""
     counts: Counter[str] = Counter()
-    for watch in list(_registry.values()):
+    for watch in _registry.copy().values():
         counts[telemetry.stream_names.fold(watch.name)] += 1
     return dict(counts)
 
@@ -379,8 +444,40 @@ def inflight() -> list[dict[str, Any]]:
     ``stream_id``, ``name``, ``trace_id``, ``state``, ``items``, ``age_s``, ``idle_s``,
     ``backend_type`` and ``stack`` (where the producing task is suspended).
     """
+    watches = _registry.copy().values()  # one atomic copy: other threads register meanwhile
     now = time.monotonic()
-    watches = list(_registry.values())
     snapshots = [watch.snapshot(now) for watch in watches]
-    snapshots.sort(key=lambda snap: snap["idle_s"], reverse=True)
+    snapshots.sort(key=lambda snap: (snap["idle_s"], snap["age_s"]), reverse=True)
     return snapshots
+
+
+# --- who produces into which queue ------------------------------------------------------------
+
+
+class Producer(NamedTuple):
+    """The producing stream of a queue, as a consumer's span links to it."""
+
+    span_context: SpanContext
+    stream_id: str
+    name: str
+
+
+# Weak keys: a queue that is gone takes its entry with it, and the entry holds only ids.
+_producers: weakref.WeakKeyDictionary[Any, Producer] = weakref.WeakKeyDictionary()
+
+
+def note_producer(aqueue: object, watch: StreamWatch) -> None:
+    """Remember, once per stream, which producer span feeds `aqueue` (the latest wins)."""
+    ctx = watch.span.get_span_context()
+    if not ctx.is_valid:
+        return
+    with contextlib.suppress(TypeError):  # a queue that cannot be weakly referenced: no link
+        _producers[aqueue] = Producer(ctx, watch.stream_id, watch.name)
+
+
+def producer_of(aqueue: object) -> Producer | None:
+    """The producer last noted for `aqueue`, if any."""
+    try:
+        return _producers.get(aqueue)
+    except TypeError:
+        return None

@@ -1,0 +1,152 @@
+"""serve_debug: the in-flight view over HTTP, for a look at a process from outside it.
+
+A stalled stream blocks no event loop and ends no span, so neither loop monitors nor
+traces show it while it hangs. `serve_debug` answers ``GET <url>inflight`` with
+`thunkscope.inflight()` as JSON, from a background thread, so the answer comes even
+when every event loop of the process is busy or stuck::
+
+    debug = thunkscope.serve_debug(port=8765)   # http://127.0.0.1:8765/
+    ...
+    debug.close()
+
+and ``thunkscope inflight --url http://127.0.0.1:8765/ --watch`` shows it as a live
+table. The snapshots carry stack traces and trace ids, so the server binds to
+loopback only, unless the caller passes ``allow_non_loopback=True``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Final
+
+from thunkscope._watch import inflight
+
+__all__ = ["DebugServer", "serve_debug"]
+
+INFLIGHT_PATH: Final = "inflight"
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def serve_debug(
+    host: str = "127.0.0.1", port: int = 0, *, allow_non_loopback: bool = False
+) -> DebugServer:
+    """Serve the in-flight view over HTTP from a daemon thread; return its handle.
+
+    `port` 0 picks a free port (read it from the handle's ``url``). A `host` that is not
+    a loopback address is a ValueError unless `allow_non_loopback` is true: the view
+    shows where code is suspended and which traces are running.
+    """
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host must be a non-empty str, got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}")
+    if not allow_non_loopback and not _is_loopback(host):
+        raise ValueError(
+            f"host={host!r} is not a loopback address: the in-flight view shows stack "
+            "traces and trace ids, so serve_debug binds to 127.0.0.1, ::1 or localhost "
+            "only. Pass allow_non_loopback=True to serve it on other interfaces."
+        )
+    return DebugServer(host, port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another host name: what it resolves to may change, so no
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "thunkscope-debug"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path == f"/{INFLIGHT_PATH}":
+            try:
+                body = json.dumps(inflight(), default=str).encode()
+            except Exception as exc:
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": type(exc).__name__})
+                return
+            self._send_bytes(HTTPStatus.OK, body)
+        elif path == "":
+            self._send(HTTPStatus.OK, {"endpoints": [f"/{INFLIGHT_PATH}"]})
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+
+    def _send(self, status: HTTPStatus, payload: Any) -> None:
+        self._send_bytes(status, json.dumps(payload).encode())
+
+    def _send_bytes(self, status: HTTPStatus, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are not logged: a --watch client polls every second."""
+
+
+class DebugServer:
+    """A running `serve_debug` server: its base ``url`` and ``close()``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        bare = host.strip("[]")
+        server_class = _Server6 if ":" in bare else _Server
+        self._server = server_class((bare, port), _Handler)
+        bound_port = self._server.server_address[1]
+        shown = f"[{bare}]" if ":" in bare else bare
+        self.url: str = f"http://{shown}:{bound_port}/"
+        """The base URL, ending in ``/``; the view is at ``url + "inflight"``."""
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="thunkscope-debug-server",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the port; calling it again does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> DebugServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "serving"
+        return f"<DebugServer {self.url} {state}>"
