@@ -1,0 +1,408 @@
+"""Stall warnings and backpressure of send_to_queue: warned once per gap, never an abort."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from thunkscope import _names as n
+from thunkscope import _telemetry, _watch, inflight, send_to_queue
+
+STALL = 0.05
+GAP = 0.15
+
+pytestmark = pytest.mark.usefixtures("telemetry")
+
+
+class AtLeast:
+    """Equal to any number not below `low` (and below `high`): timings in exact dicts."""
+
+    def __init__(self, low: float, high: float = 5.0) -> None:
+        self.low, self.high = low, high
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int | float) and self.low <= other < self.high
+
+    def __repr__(self) -> str:
+        return f"AtLeast({self.low})"
+
+
+async def gappy(items: list[str], gaps: dict[int, float]) -> AsyncIterator[str]:
+    """Yield `items`, sleeping gaps[i] seconds before item i."""
+    for index, item in enumerate(items):
+        if index in gaps:
+            await asyncio.sleep(gaps[index])
+        yield item
+
+
+def drain(queue: asyncio.Queue[Any]) -> list[Any]:
+    """Everything on the queue now, in order."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def events_of(span: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The span's events as (name, attributes) pairs."""
+    return [(event.name, dict(event.attributes or {})) for event in span.events]
+
+
+def stalls_by_name(telemetry: Any) -> dict[str, int]:
+    """The thunkscope.stream.stalls counter per stream name."""
+    return {p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_STALLS.name)}
+
+
+def logged(log_events: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    """The captured log entries of one event name."""
+    return [entry for entry in log_events if entry["event"] == event]
+
+
+class TestStallWarning:
+    async def test_one_warning_per_gap_then_resume(
+        self, telemetry: Any, log_events: list[dict[str, Any]]
+    ) -> None:
+        """A gap longer than stall_after gives one stall event, log and count, then a resume."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(
+            gappy(["a", "b", "c"], {1: GAP}),
+            queue,
+            chunk_timeout=None,
+            stall_after=STALL,
+            name="stall-one",
+        )
+        assert drain(queue) == ["a", "b", "c", None]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert events_of(span) == [
+            (n.EVENT_FIRST_ITEM, {}),
+            (n.EVENT_STALLED, {"thunkscope.stream.gap": AtLeast(STALL), n.STREAM_ITEMS: 1}),
+            (n.EVENT_RESUMED, {"thunkscope.stream.gap": AtLeast(GAP), n.STREAM_ITEMS: 1}),
+            (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 3}),
+        ]
+        stalled_gap = span.events[1].attributes["thunkscope.stream.gap"]
+        assert stalled_gap < GAP  # warned during the gap, not at its end
+        ctx = span.get_span_context()
+        ids = {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
+        stream_id = span.attributes[n.STREAM_ID]
+        assert logged(log_events, n.LOG_STREAM_STALLED) == [
+            {
+                "event": n.LOG_STREAM_STALLED,
+                "log_level": "warning",
+                "stream_id": stream_id,
+                "stream": "stall-one",
+                "gap_s": AtLeast(STALL),
+                "items": 1,
+                **ids,
+            }
+        ]
+        assert logged(log_events, n.LOG_STREAM_RESUMED) == [
+            {
+                "event": n.LOG_STREAM_RESUMED,
+                "log_level": "info",
+                "stream_id": stream_id,
+                "stream": "stall-one",
+                "gap_s": AtLeast(GAP),
+                "items": 1,
+                **ids,
+            }
+        ]
+        assert stalls_by_name(telemetry) == {"stall-one": 1}
+        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+
+    async def test_each_gap_warns_once(self, telemetry: Any) -> None:
+        """Two separate gaps are two stalls and two resumes; a long gap is still one."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(
+            gappy(["a", "b", "c", "d"], {1: GAP, 3: 0.3}),
+            queue,
+            chunk_timeout=None,
+            stall_after=STALL,
+            name="stall-two",
+        )
+        assert drain(queue) == ["a", "b", "c", "d", None]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        names = [name for name, _ in events_of(span)]
+        assert names == [
+            n.EVENT_FIRST_ITEM,
+            n.EVENT_STALLED,
+            n.EVENT_RESUMED,
+            n.EVENT_STALLED,
+            n.EVENT_RESUMED,
+            n.EVENT_SENTINEL,
+        ]
+        assert [dict(e.attributes or {}).get(n.STREAM_ITEMS) for e in span.events[1:5]] == [
+            1,
+            1,
+            3,
+            3,
+        ]
+        assert stalls_by_name(telemetry) == {"stall-two": 2}
+
+    async def test_never_aborts_without_chunk_timeout(self, telemetry: Any) -> None:
+        """With chunk_timeout=None a gap many times stall_after ends in completion, not error."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(
+            gappy(["a", "b"], {1: 0.3}), queue, chunk_timeout=None, stall_after=STALL
+        )
+        assert drain(queue) == ["a", "b", None]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+        assert [name for name, _ in events_of(span)].count(n.EVENT_STALLED) == 1
+
+    async def test_never_aborts_before_chunk_timeout(self, telemetry: Any) -> None:
+        """A stall shorter than chunk_timeout is warned about and the stream completes."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(
+            gappy(["a", "b"], {1: GAP}), queue, chunk_timeout=0.4, stall_after=STALL
+        )
+        assert drain(queue) == ["a", "b", None]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+        assert n.EVENT_STALLED in [name for name, _ in events_of(span)]
+
+    async def test_stall_then_timeout(self, telemetry: Any) -> None:
+        """The same gap is first warned about, then aborted by chunk_timeout; no resume."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(
+            gappy(["a", "b"], {1: 5.0}), queue, chunk_timeout=GAP, stall_after=STALL
+        )
+        first, error = drain(queue)
+        assert first == "a"
+        assert isinstance(error, TimeoutError)
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert [name for name, _ in events_of(span)] == [
+            n.EVENT_FIRST_ITEM,
+            n.EVENT_STALLED,
+            n.EVENT_TIMEOUT,
+        ]
+        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_TIMEOUT
+        assert stalls_by_name(telemetry) == {"default": 1}
+
+    async def test_first_item_wait_can_stall(self, telemetry: Any) -> None:
+        """The wait for the first item is a gap like any other."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(gappy(["a"], {0: GAP}), queue, chunk_timeout=None, stall_after=STALL)
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert events_of(span)[:3] == [
+            (n.EVENT_STALLED, {"thunkscope.stream.gap": AtLeast(STALL), n.STREAM_ITEMS: 0}),
+            (n.EVENT_FIRST_ITEM, {}),
+            (n.EVENT_RESUMED, {"thunkscope.stream.gap": AtLeast(GAP), n.STREAM_ITEMS: 0}),
+        ]
+
+    async def test_slow_response_stalls_and_resumes_on_the_answer(self, telemetry: Any) -> None:
+        """A backend slow to answer at all is stalled; its answer is the resume."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def slow_answer() -> AsyncIterator[str]:
+            await asyncio.sleep(GAP)
+            return gappy(["a", "b"], {})
+
+        task = asyncio.create_task(
+            send_to_queue(slow_answer(), queue, chunk_timeout=None, stall_after=STALL)
+        )
+        await asyncio.sleep(STALL + 0.05)
+        (snapshot,) = inflight()
+        assert snapshot["state"] == _watch.STALLED
+        await task
+        assert drain(queue) == ["a", "b", None]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert [name for name, _ in events_of(span)] == [
+            n.EVENT_STALLED,
+            n.EVENT_RESUMED,
+            n.EVENT_FIRST_ITEM,
+            n.EVENT_SENTINEL,
+        ]
+
+    async def test_single_response_stall(self, telemetry: Any) -> None:
+        """A coroutine returning one value late stalls, and its value resumes the stream."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def slow_value() -> str:
+            await asyncio.sleep(GAP)
+            return "answer"
+
+        await send_to_queue(slow_value(), queue, stall_after=STALL)
+        assert drain(queue) == ["answer", None]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert [name for name, _ in events_of(span)] == [
+            n.EVENT_STALLED,
+            n.EVENT_FIRST_ITEM,
+            n.EVENT_RESUMED,
+            n.EVENT_SENTINEL,
+        ]
+
+    async def test_none_turns_it_off(self, telemetry: Any, log_events: list[Any]) -> None:
+        """stall_after=None: no stall event, log or count however long the gap."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(
+            gappy(["a", "b"], {1: GAP}), queue, chunk_timeout=None, stall_after=None
+        )
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert [name for name, _ in events_of(span)] == [n.EVENT_FIRST_ITEM, n.EVENT_SENTINEL]
+        assert logged(log_events, n.LOG_STREAM_STALLED) == []
+        assert stalls_by_name(telemetry) == {}
+
+    async def test_steady_stream_never_stalls(self, telemetry: Any) -> None:
+        """Items closer together than stall_after never warn, however long the stream."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        items = [str(i) for i in range(20)]
+        gaps = dict.fromkeys(range(20), 0.01)
+        await send_to_queue(gappy(items, gaps), queue, stall_after=STALL)
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert n.EVENT_STALLED not in [name for name, _ in events_of(span)]
+
+
+class TestStallSetting:
+    def test_default_is_thirty_seconds(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without THUNKSCOPE_STALL_AFTER the stall warning comes after 30 s."""
+        monkeypatch.delenv("THUNKSCOPE_STALL_AFTER", raising=False)
+        assert _telemetry.Settings.from_env().stall_after == 30.0
+
+    @pytest.mark.parametrize(("raw", "seconds"), [("0.05", 0.05), ("none", None), ("off", None)])
+    def test_environment_variable(
+        self, monkeypatch: pytest.MonkeyPatch, raw: str, seconds: float | None
+    ) -> None:
+        """THUNKSCOPE_STALL_AFTER sets the default; none or off turns it off."""
+        monkeypatch.setenv("THUNKSCOPE_STALL_AFTER", raw)
+        assert _telemetry.Settings.from_env().stall_after == seconds
+
+    async def test_default_comes_from_the_environment(
+        self, telemetry: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """send_to_queue without stall_after warns after THUNKSCOPE_STALL_AFTER seconds."""
+        monkeypatch.setenv("THUNKSCOPE_STALL_AFTER", str(STALL))
+        _telemetry.telemetry.settings = _telemetry.Settings.from_env()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(gappy(["a", "b"], {1: GAP}), queue, chunk_timeout=None)
+        assert stalls_by_name(telemetry) == {"default": 1}
+
+    async def test_bad_stall_after_reaches_the_queue(self) -> None:
+        """A stall_after that is not a positive number is a ValueError on the queue."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(gappy(["a"], {}), queue, stall_after=-1)
+        (error,) = drain(queue)
+        assert isinstance(error, ValueError)
+        assert "stall_after" in str(error)
+
+
+class TestOneTimer:
+    @pytest.fixture
+    async def timers(self) -> AsyncIterator[list[float]]:
+        """Delays of every timer scheduled on the running loop meanwhile (call_later included)."""
+        loop = asyncio.get_running_loop()
+        scheduled: list[float] = []
+        call_at = loop.call_at
+
+        def counting_at(when: float, *args: Any, **kwargs: Any) -> Any:
+            scheduled.append(when - loop.time())
+            return call_at(when, *args, **kwargs)
+
+        loop.call_at = counting_at  # type: ignore[method-assign]
+        try:
+            yield scheduled
+        finally:
+            loop.call_at = call_at  # type: ignore[method-assign]
+
+    async def test_no_timer_per_item(self, timers: list[float]) -> None:
+        """10,000 items under a deadline and a stall watch schedule two timers, not one each."""
+
+        async def fast(count: int) -> AsyncIterator[int]:
+            for i in range(count):
+                yield i
+
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(fast(10_000), queue, chunk_timeout=30.0, stall_after=10.0)
+        assert queue.qsize() == 10_001
+        assert len(timers) == 2  # one when the stream starts, one when the answer arrives
+
+    async def test_deadline_and_stall_share_the_timer(self, timers: list[float]) -> None:
+        """While items flow, the one timer is set to the nearer of stall_after and chunk_timeout."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        await send_to_queue(gappy(["a", "b"], {}), queue, chunk_timeout=30.0, stall_after=10.0)
+        assert timers
+        assert all(delay <= 10.0 for delay in timers)
+
+
+class TestBackpressure:
+    async def test_blocked_put_is_not_a_stall(
+        self, telemetry: Any, log_events: list[dict[str, Any]]
+    ) -> None:
+        """A full queue nobody drains is blocked_on_put with a backpressure warning, no stall."""
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        task = asyncio.create_task(
+            send_to_queue(
+                gappy(["a", "b", "c"], {}),
+                queue,
+                chunk_timeout=STALL,
+                stall_after=STALL,
+                name="bp",
+            )
+        )
+        await asyncio.sleep(GAP)
+        (snapshot,) = inflight()
+        assert snapshot["state"] == _watch.BLOCKED_ON_PUT
+        assert snapshot["items"] == 2
+        received = []
+        while (item := await queue.get()) is not None:
+            received.append(item)
+        await task
+        assert received == ["a", "b", "c"]
+
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert events_of(span) == [
+            (n.EVENT_FIRST_ITEM, {}),
+            (n.EVENT_BACKPRESSURE, {"thunkscope.queue.wait": AtLeast(STALL), n.STREAM_ITEMS: 2}),
+            (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 3}),
+        ]
+        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+        assert span.attributes[n.STREAM_PUT_WAIT] == AtLeast(GAP - 0.01)
+        (warning,) = logged(log_events, n.LOG_STREAM_BACKPRESSURE)
+        assert warning["log_level"] == "warning"
+        assert warning["blocked_s"] == AtLeast(STALL)
+        assert logged(log_events, n.LOG_STREAM_STALLED) == []
+        assert stalls_by_name(telemetry) == {}
+        (point,) = telemetry.points(n.QUEUE_PUT_WAIT.name)
+        assert dict(point.attributes) == {n.STREAM_NAME: "bp"}
+        assert point.count == 1
+        assert point.sum == AtLeast(GAP - 0.01)
+
+    async def test_blocked_sentinel_put_warns_too(self, telemetry: Any) -> None:
+        """A consumer that never reads the terminator still shows as backpressure, not a stall."""
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        task = asyncio.create_task(
+            send_to_queue(gappy(["a"], {}), queue, chunk_timeout=STALL, stall_after=STALL)
+        )
+        await asyncio.sleep(GAP)
+        (snapshot,) = inflight()
+        assert snapshot["state"] == _watch.BLOCKED_ON_PUT
+        assert await queue.get() == "a"
+        await task
+        assert await queue.get() is None
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert [name for name, _ in events_of(span)] == [
+            n.EVENT_FIRST_ITEM,
+            n.EVENT_SENTINEL,
+            n.EVENT_BACKPRESSURE,
+        ]
+        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+
+    async def test_stall_after_a_blocked_put_counts_from_the_put(self, telemetry: Any) -> None:
+        """Time blocked on the queue is not backend time: the stall clock restarts after the put."""
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        task = asyncio.create_task(
+            send_to_queue(
+                gappy(["a", "b", "c"], {2: STALL / 2}), queue, chunk_timeout=None, stall_after=STALL
+            )
+        )
+        await asyncio.sleep(GAP)  # blocked putting "b" for longer than stall_after
+        received = []
+        while (item := await queue.get()) is not None:
+            received.append(item)
+        await task
+        assert received == ["a", "b", "c"]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert n.EVENT_STALLED not in [name for name, _ in events_of(span)]
+        assert stalls_by_name(telemetry) == {}
