@@ -1,0 +1,843 @@
+"""thunkscope's overhead, measured as ratios against baselines timed in the same run.
+
+Usage::
+
+    python benchmarks/bench.py                 # full run (about a minute on 2 cores)
+    python benchmarks/bench.py --quick         # a few seconds, to keep the script working
+    python benchmarks/bench.py --json out.json # also write the results as JSON
+
+Every figure is the median of several repetitions of a thunkscope operation divided by
+the median of its baseline, timed in the same process with the variants interleaved,
+so the ratios hold on a shared, noisy machine where absolute nanoseconds do not.
+Global OpenTelemetry provider state cannot be undone inside a process, so each group
+runs in a subprocess of its own (``--worker NAME``):
+
+- ``nosdk``: no provider set anywhere (the API's no-op defaults);
+- ``sdk``: a TracerProvider with a BatchSpanProcessor sized as `thunkscope.configure()`
+  sizes it, exporting to a counting exporter, and a MeterProvider with a periodic reader;
+- ``rss``: many streams run one after another, RSS and the in-flight registry checked;
+- ``concurrent``: many concurrent streams, every item and every span accounted for.
+
+The exit status is 0 whatever the figures say, unless ``--check`` asks for 1 on a miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# --- sizes ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How much work each measurement does; `quick` keeps the whole run to seconds."""
+
+    reps: int = 9
+    stream_items: int = 20_000
+    one_item_streams: int = 2_000
+    spans: int = 2_000
+    cache_gets: int = 100_000
+    cache_gets_sdk: int = 2_000
+    gathers: int = 200
+    gather_width: int = 100
+    rss_streams: int = 100_000
+    concurrent_streams: int = 1_000
+    concurrent_items: int = 1_000
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        """A few seconds in all: enough to exercise every path, too little to trust."""
+        return cls(
+            reps=3,
+            one_item_streams=300,
+            spans=300,
+            cache_gets=20_000,
+            cache_gets_sdk=300,
+            gathers=20,
+            rss_streams=3_000,
+            concurrent_streams=50,
+            concurrent_items=200,
+        )
+
+
+RSS_LIMIT_MB = 5.0
+CHUNK_TIMEOUT = 120.0
+STALL_AFTER = 30.0
+SUSPEND_EVERY = 100  # sequential one-item streams: let the event loop run this often
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Figure:
+    """One ratio of the table: a thunkscope operation against its baseline."""
+
+    name: str
+    value_ns: float
+    baseline: str
+    baseline_ns: float
+    target: float
+    ratio: float = 0.0
+    passed: bool = False
+    samples_ns: list[float] = field(default_factory=list)
+    baseline_samples_ns: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ratio = self.value_ns / self.baseline_ns if self.baseline_ns > 0 else float("inf")
+        self.passed = self.ratio <= self.target
+
+
+@dataclass(slots=True)
+class Check:
+    """One resource check: a yes or no, with the numbers behind it."""
+
+    name: str
+    passed: bool
+    summary: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def figure(
+    name: str,
+    samples: Sequence[float],
+    baseline: str,
+    baseline_samples: Sequence[float],
+    target: float,
+) -> Figure:
+    """A figure from per-operation samples (ns): median over median."""
+    return Figure(
+        name=name,
+        value_ns=statistics.median(samples),
+        baseline=baseline,
+        baseline_ns=statistics.median(baseline_samples),
+        target=target,
+        samples_ns=[round(s, 1) for s in samples],
+        baseline_samples_ns=[round(s, 1) for s in baseline_samples],
+    )
+
+
+# --- timing helpers ------------------------------------------------------------------------------
+
+
+def _settle() -> None:
+    """Start every timed block from the same place: garbage collected, nothing pending."""
+    gc.collect()
+
+
+def time_sync(call: Callable[[Any], object], arg: Any, count: int) -> float:
+    """Nanoseconds per `call(arg)`, the loop's own overhead included (as timeit does)."""
+    _settle()
+    start = time.perf_counter_ns()
+    for _ in itertools.repeat(None, count):
+        call(arg)
+    return (time.perf_counter_ns() - start) / count
+
+
+async def time_async(block: Callable[[], Awaitable[object]], per: int) -> float:
+    """Nanoseconds per unit of `block()`, which does `per` units of work."""
+    _settle()
+    start = time.perf_counter_ns()
+    await block()
+    return (time.perf_counter_ns() - start) / per
+
+
+async def interleaved(
+    reps: int, blocks: dict[str, tuple[Callable[[], Awaitable[float]], Callable[[], None]]]
+) -> dict[str, list[float]]:
+    """Run each block once per repetition, in turn, so noise falls on all alike.
+
+    Each entry is ``(timed_block, between)``: `between` runs untimed before every timed
+    block (a span flush, say), so no block pays for the previous one's leftovers.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in blocks}
+    for _ in range(reps):
+        for name, (block, between) in blocks.items():
+            between()
+            samples[name].append(await block())
+    return samples
+
+
+# --- workloads shared by the workers -------------------------------------------------------------
+
+
+async def numbers(count: int) -> AsyncIterator[int]:
+    """A backend stream that never suspends: the tightest loop the helpers can see."""
+    for i in range(count):
+        yield i
+
+
+async def plain_loop(iterator: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:
+    """Baseline: the queue protocol with nothing else, ``async for`` and ``put``."""
+    async for item in iterator:
+        await queue.put(item)
+    await queue.put(None)
+
+
+async def timeout_loop(
+    iterator: AsyncIterator[Any], queue: asyncio.Queue[Any], chunk_timeout: float | None
+) -> None:
+    """Baseline: upstream mellea's loop, an ``asyncio.timeout`` block around every ``anext``."""
+    ait = aiter(iterator)
+    while True:
+        try:
+            async with asyncio.timeout(chunk_timeout):
+                item = await anext(ait)
+        except StopAsyncIteration:
+            break
+        await queue.put(item)
+    await queue.put(None)
+
+
+class PlainLRU:
+    """Baseline: an OrderedDict LRU with the smallest possible hit path."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        """The value or None; a hit moves the entry to the most recent end."""
+        cache = self.cache
+        try:
+            cache.move_to_end(key)
+        except KeyError:
+            return None
+        return cache[key]
+
+
+class Thunk:
+    """A model output thunk whose value is already there."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    async def avalue(self) -> int:
+        """The value, at once."""
+        return self.value
+
+
+# --- the SDK as an application would set it up ---------------------------------------------------
+
+
+class CountingSpanExporter:
+    """A span exporter that keeps only counts (and, optionally, pays for OTLP encoding)."""
+
+    def __init__(self, *, encode: bool = False) -> None:
+        self.exported = 0
+        self.by_name: dict[str, int] = {}
+        self.encoded_bytes = 0
+        self._encode = encode
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        """Count the batch (and serialise it as OTLP would, if asked)."""
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.exported += len(spans)
+        for span in spans:
+            self.by_name[span.name] = self.by_name.get(span.name, 0) + 1
+        if self._encode:
+            from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+            self.encoded_bytes += len(encode_spans(spans).SerializeToString())
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Nothing is buffered here."""
+        return True
+
+
+class EndedSpans:
+    """A span processor that counts spans as they end, before any batching can drop them."""
+
+    def __init__(self) -> None:
+        self.ended: dict[str, int] = {}
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        """Nothing to do at the start."""
+
+    def _on_ending(self, span: Any) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        """Count the span by name."""
+        self.ended[span.name] = self.ended.get(span.name, 0) + 1
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Nothing is buffered here."""
+        return True
+
+
+@dataclass(slots=True)
+class Sdk:
+    """The providers a worker set globally, and the exporter's counts."""
+
+    tracer_provider: Any
+    meter_provider: Any
+    exporter: CountingSpanExporter
+    ended: EndedSpans
+    batch_settings: dict[str, float]
+
+    def flush(self) -> None:
+        """Export every ended span now, so the next timed block starts with an empty queue."""
+        self.tracer_provider.force_flush()
+
+    def shutdown(self) -> None:
+        """Flush and stop both providers."""
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def batch_settings() -> dict[str, float]:
+    """The BatchSpanProcessor settings `thunkscope.configure()` chooses (read from it)."""
+    from thunkscope import _config
+
+    return {
+        "max_queue_size": _config.SPAN_QUEUE_SIZE,
+        "max_export_batch_size": _config.SPAN_BATCH_SIZE,
+        "schedule_delay_millis": 1000,
+        "export_timeout_millis": _config.EXPORT_TIMEOUT_S * 1000,
+    }
+
+
+def install_sdk(*, encode: bool = False) -> Sdk:
+    """Set global providers as `configure()` does, exporting to counting sinks."""
+    from opentelemetry import metrics as metrics_api
+    from opentelemetry import trace as trace_api
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        MetricExporter,
+        MetricExportResult,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from thunkscope import _telemetry
+
+    class NullMetricExporter(MetricExporter):
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **_: Any) -> Any:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **_: Any) -> None:
+            return None
+
+    settings = batch_settings()
+    exporter = CountingSpanExporter(encode=encode)
+    ended = EndedSpans()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(ended)  # type: ignore[arg-type]
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter, **settings))  # type: ignore[arg-type]
+    reader = PeriodicExportingMetricReader(NullMetricExporter(), export_interval_millis=10_000)
+    meter_provider = MeterProvider(metric_readers=[reader])
+    trace_api.set_tracer_provider(tracer_provider)
+    metrics_api.set_meter_provider(meter_provider)
+    _telemetry.use_providers()  # drop anything cached before the globals were set
+    return Sdk(tracer_provider, meter_provider, exporter, ended, settings)
+
+
+# --- workers -------------------------------------------------------------------------------------
+
+
+def worker_nosdk(sizes: Sizes) -> dict[str, Any]:
+    """ClientCache.get hits with the API's no-op providers, against a plain OrderedDict LRU."""
+    from opentelemetry import trace as trace_api
+
+    from thunkscope import ClientCache, _telemetry
+
+    assert getattr(trace_api, "_TRACER_PROVIDER", None) is None, "a tracer provider is set"
+    assert not _telemetry.telemetry.tracing(), "thunkscope thinks someone is tracing"
+    cache: ClientCache[int, object] = ClientCache(4)
+    plain = PlainLRU()
+    client = object()
+    for key in range(4):
+        cache.put(key, client)
+        plain.cache[key] = client
+    count = sizes.cache_gets
+    samples: dict[str, list[float]] = {"thunkscope": [], "plain": []}
+    for _ in range(sizes.reps):
+        samples["plain"].append(time_sync(plain.get, 3, count))
+        samples["thunkscope"].append(time_sync(cache.get, 3, count))
+    return {
+        "figures": [
+            asdict(
+                figure(
+                    "ClientCache.get hit, no SDK (API no-op)",
+                    samples["thunkscope"],
+                    "plain OrderedDict LRU get",
+                    samples["plain"],
+                    2.0,
+                )
+            )
+        ]
+    }
+
+
+async def _sdk_figures(sizes: Sizes, sdk: Sdk) -> list[Figure]:
+    from thunkscope import ClientCache, send_to_queue, wait_for_all_mots
+
+    tracer = sdk.tracer_provider.get_tracer("bench")
+    flush = sdk.flush
+    n_items = sizes.stream_items
+
+    # -- per stream item ---------------------------------------------------------------------
+    async def stream_plain() -> float:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        return await time_async(lambda: plain_loop(numbers(n_items), queue), n_items)
+
+    async def stream_timeout() -> float:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        return await time_async(
+            lambda: timeout_loop(numbers(n_items), queue, CHUNK_TIMEOUT), n_items
+        )
+
+    async def stream_thunkscope() -> float:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        return await time_async(
+            lambda: send_to_queue(
+                numbers(n_items), queue, chunk_timeout=CHUNK_TIMEOUT, stall_after=STALL_AFTER
+            ),
+            n_items,
+        )
+
+    await stream_thunkscope()  # warm up: instruments, tracer, first-call caches
+    per_item = await interleaved(
+        sizes.reps,
+        {
+            "plain": (stream_plain, flush),
+            "timeout": (stream_timeout, flush),
+            "thunkscope": (stream_thunkscope, flush),
+        },
+    )
+
+    # -- fixed cost of a one-item stream, against one bare span --------------------------------
+    n_streams, n_spans = sizes.one_item_streams, sizes.spans
+
+    async def one_item_streams() -> float:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        sources = [numbers(1) for _ in range(n_streams)]
+
+        async def block() -> None:
+            for i, source in enumerate(sources):
+                await send_to_queue(
+                    source, queue, chunk_timeout=CHUNK_TIMEOUT, stall_after=STALL_AFTER
+                )
+                if i % SUSPEND_EVERY == 0:
+                    await asyncio.sleep(0)
+
+        return await time_async(block, n_streams)
+
+    async def bare_spans() -> float:
+        async def block() -> None:
+            for i in range(n_spans):
+                tracer.start_span("bench.span").end()
+                if i % SUSPEND_EVERY == 0:
+                    await asyncio.sleep(0)
+
+        return await time_async(block, n_spans)
+
+    await one_item_streams()
+    fixed = await interleaved(
+        sizes.reps, {"span": (bare_spans, flush), "stream": (one_item_streams, flush)}
+    )
+
+    # -- ClientCache.get hit with the SDK, against one bare span --------------------------------
+    cache: ClientCache[int, object] = ClientCache(4)
+    for key in range(4):
+        cache.put(key, object())
+    n_gets = sizes.cache_gets_sdk
+
+    def span_once(_: object) -> None:
+        tracer.start_span("bench.span").end()
+
+    async def cache_gets() -> float:
+        return time_sync(cache.get, 3, n_gets)
+
+    async def cache_spans() -> float:
+        return time_sync(span_once, None, n_gets)
+
+    cache_sdk = await interleaved(
+        sizes.reps, {"span": (cache_spans, flush), "cache": (cache_gets, flush)}
+    )
+
+    # -- wait_for_all_mots of N thunks, against a bare gather ----------------------------------
+    thunks = [Thunk(i) for i in range(sizes.gather_width)]
+    n_gathers = sizes.gathers
+
+    async def gathers() -> float:
+        async def block() -> None:
+            for _ in range(n_gathers):
+                await asyncio.gather(*(thunk.avalue() for thunk in thunks))
+
+        return await time_async(block, n_gathers)
+
+    async def waits() -> float:
+        async def block() -> None:
+            for _ in range(n_gathers):
+                await wait_for_all_mots(thunks)
+
+        return await time_async(block, n_gathers)
+
+    await waits()
+    gather = await interleaved(
+        sizes.reps, {"gather": (gathers, flush), "thunkscope": (waits, flush)}
+    )
+
+    width = sizes.gather_width
+    return [
+        figure(
+            f"send_to_queue per item (SDK, chunk_timeout=120, stall watch, {n_items:,} items)",
+            per_item["thunkscope"],
+            "plain async for + queue.put",
+            per_item["plain"],
+            1.2,
+        ),
+        figure(
+            f"send_to_queue per item (SDK, chunk_timeout=120, stall watch, {n_items:,} items)",
+            per_item["thunkscope"],
+            "per-chunk asyncio.timeout loop (upstream)",
+            per_item["timeout"],
+            0.10,
+        ),
+        figure(
+            "send_to_queue fixed cost, one-item stream (SDK)",
+            fixed["stream"],
+            "one bare SDK span start+end",
+            fixed["span"],
+            3.0,
+        ),
+        figure(
+            "ClientCache.get hit (SDK)",
+            cache_sdk["cache"],
+            "one bare SDK span start+end",
+            cache_sdk["span"],
+            1.5,
+        ),
+        figure(
+            f"wait_for_all_mots of {width} thunks (SDK)",
+            gather["thunkscope"],
+            f"bare asyncio.gather of {width}",
+            gather["gather"],
+            1.2,
+        ),
+    ]
+
+
+def worker_sdk(sizes: Sizes) -> dict[str, Any]:
+    """Every figure that needs the SDK configured, in one process with global providers."""
+    sdk = install_sdk()
+    try:
+        figures = asyncio.run(_sdk_figures(sizes, sdk))
+        sdk.flush()
+        ended = sum(sdk.ended.ended.values())
+        exported = sdk.exporter.exported
+    finally:
+        sdk.shutdown()
+    return {
+        "figures": [asdict(f) for f in figures],
+        "spans": {"ended": ended, "exported": exported, "dropped": ended - exported},
+        "batch_settings": sdk.batch_settings,
+    }
+
+
+def _rss_bytes() -> int:
+    """The resident set size now (not the high-water mark)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the high-water mark is the best there is
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+async def suspending_numbers(count: int) -> AsyncIterator[int]:
+    """A backend stream that suspends before its first item, as a network stream would."""
+    await asyncio.sleep(0)
+    for i in range(count):
+        yield i
+
+
+def worker_rss(sizes: Sizes) -> dict[str, Any]:
+    """Streams one after another, SDK on: memory must stay flat, the registry must empty."""
+    from thunkscope import _watch, send_to_queue
+
+    sdk = install_sdk()
+
+    async def run(count: int) -> None:
+        for _ in range(count):
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            await send_to_queue(suspending_numbers(3), queue, chunk_timeout=CHUNK_TIMEOUT)
+            if queue.qsize() != 4:
+                raise AssertionError(f"expected 3 items and a sentinel, got {queue.qsize()}")
+
+    async def main() -> dict[str, Any]:
+        warmup = min(20_000, sizes.rss_streams)
+        await run(warmup)  # reach the steady state: caches, span queue, allocator arenas
+        sdk.flush()
+        _settle()
+        before = _rss_bytes()
+        start = time.perf_counter()
+        await run(sizes.rss_streams)
+        elapsed = time.perf_counter() - start
+        sdk.flush()
+        _settle()
+        after = _rss_bytes()
+        return {
+            "streams": sizes.rss_streams,
+            "warmup_streams": warmup,
+            "rss_before_mb": round(before / 2**20, 2),
+            "rss_after_mb": round(after / 2**20, 2),
+            "rss_growth_mb": round((after - before) / 2**20, 3),
+            "registered_after": _watch.registered(),
+            "us_per_stream": round(elapsed / sizes.rss_streams * 1e6, 2),
+        }
+
+    try:
+        detail = asyncio.run(main())
+    finally:
+        sdk.shutdown()
+    passed = detail["rss_growth_mb"] < RSS_LIMIT_MB and detail["registered_after"] == 0
+    summary = (
+        f"{detail['streams']:,} sequential streams: RSS {detail['rss_growth_mb']:+.2f} MB "
+        f"(limit {RSS_LIMIT_MB:g}), in-flight registry {detail['registered_after']}"
+    )
+    return {"checks": [asdict(Check("sequential streams", passed, summary, detail))]}
+
+
+async def chunked_numbers(count: int, every: int) -> AsyncIterator[int]:
+    """A backend stream that suspends every `every` items, so concurrent streams interleave."""
+    for i in range(count):
+        if i % every == 0:
+            await asyncio.sleep(0)
+        yield i
+
+
+def worker_concurrent(sizes: Sizes) -> dict[str, Any]:
+    """Many streams at once, SDK on with OTLP encoding: every item in order, every span out."""
+    from thunkscope import send_to_queue
+
+    sdk = install_sdk(encode=True)
+    n_streams, n_items = sizes.concurrent_streams, sizes.concurrent_items
+
+    async def consume(queue: asyncio.Queue[Any]) -> tuple[int, bool]:
+        expected = 0
+        in_order = True
+        while True:
+            item = await queue.get()
+            if item is None:
+                return expected, in_order
+            if item != expected:
+                in_order = False
+            expected += 1
+
+    async def main() -> tuple[list[tuple[int, bool]], float]:
+        queues: list[asyncio.Queue[Any]] = [asyncio.Queue(maxsize=64) for _ in range(n_streams)]
+        start = time.perf_counter()
+        producers = [
+            asyncio.create_task(
+                send_to_queue(chunked_numbers(n_items, 16), queue, name="bench.concurrent")
+            )
+            for queue in queues
+        ]
+        results = await asyncio.gather(*(consume(queue) for queue in queues))
+        await asyncio.gather(*producers)
+        return results, time.perf_counter() - start
+
+    try:
+        results, elapsed = asyncio.run(main())
+        sdk.flush()
+        ended = sdk.ended.ended.get("send_to_queue", 0)
+        exported = sdk.exporter.by_name.get("send_to_queue", 0)
+        all_ended = sum(sdk.ended.ended.values())
+        all_exported = sdk.exporter.exported
+    finally:
+        sdk.shutdown()
+    complete = sum(1 for count, in_order in results if count == n_items and in_order)
+    detail = {
+        "streams": n_streams,
+        "items_per_stream": n_items,
+        "streams_complete_in_order": complete,
+        "stream_spans_ended": ended,
+        "stream_spans_exported": exported,
+        "spans_dropped": all_ended - all_exported,
+        "otlp_bytes_encoded": sdk.exporter.encoded_bytes,
+        "seconds": round(elapsed, 2),
+        "batch_settings": sdk.batch_settings,
+    }
+    passed = complete == n_streams and exported == n_streams and all_ended == all_exported
+    summary = (
+        f"{n_streams:,} concurrent streams x {n_items:,} items: {complete:,} complete and in "
+        f"order, {exported:,}/{n_streams:,} stream spans exported, "
+        f"{detail['spans_dropped']} dropped (queue {sdk.batch_settings['max_queue_size']:,}, "
+        f"batch {sdk.batch_settings['max_export_batch_size']:,})"
+    )
+    return {"checks": [asdict(Check("concurrent streams", passed, summary, detail))]}
+
+
+WORKERS: dict[str, Callable[[Sizes], dict[str, Any]]] = {
+    "nosdk": worker_nosdk,
+    "sdk": worker_sdk,
+    "rss": worker_rss,
+    "concurrent": worker_concurrent,
+}
+
+
+# --- the parent: run the workers, print the table ------------------------------------------------
+
+
+def run_worker(name: str, quick: bool) -> dict[str, Any]:
+    """Run one worker in a fresh interpreter and return what it printed as JSON."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name]
+    if quick:
+        command.append("--quick")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"worker {name} failed ({done.returncode}):\n{done.stderr.strip()[-4000:]}"
+        )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    from importlib import metadata
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "opentelemetry_sdk": version("opentelemetry-sdk"),
+        "structlog": version("structlog"),
+        "thunkscope": version("thunkscope"),
+    }
+
+
+def _ns(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def table(figures: Iterable[dict[str, Any]]) -> str:
+    """The figures as a Markdown table (the README shows the same)."""
+    rows = [
+        "| figure | ns | baseline | baseline ns | ratio | target | result |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for f in figures:
+        rows.append(
+            f"| {f['name']} | {_ns(f['value_ns'])} | {f['baseline']} | {_ns(f['baseline_ns'])} "
+            f"| {f['ratio']:.3f} | <= {f['target']:g} | {'pass' if f['passed'] else 'FAIL'} |"
+        )
+    return "\n".join(rows)
+
+
+def checks_table(checks: Iterable[dict[str, Any]]) -> str:
+    """The resource checks, one line each."""
+    return "\n".join(f"- {'pass' if c['passed'] else 'FAIL'}: {c['summary']}" for c in checks)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every worker, print the table and the checks, optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds; figures untrusted")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    parser.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sizes = Sizes.quick() if args.quick else Sizes()
+
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](sizes)))
+        return 0
+
+    started = time.perf_counter()
+    figures: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    for name in ("nosdk", "sdk", "rss", "concurrent"):
+        result = run_worker(name, args.quick)
+        figures.extend(result.get("figures", []))
+        checks.extend(result.get("checks", []))
+        if "spans" in result:
+            extra["sdk_worker_spans"] = result["spans"]
+    elapsed = time.perf_counter() - started
+    report = {
+        "mode": "quick" if args.quick else "full",
+        "reps": sizes.reps,
+        "machine": machine(),
+        "figures": figures,
+        "checks": checks,
+        "all_passed": all(f["passed"] for f in figures) and all(c["passed"] for c in checks),
+        "elapsed_s": round(elapsed, 1),
+        **extra,
+    }
+    info = report["machine"]
+    print(
+        f"thunkscope benchmark ({report['mode']}, median of {sizes.reps}): "
+        f"Python {info['python']}, OTel SDK {info['opentelemetry_sdk']}, "
+        f"{info['cpus']} CPUs ({info['cpu']})"
+    )
+    print()
+    print(table(figures))
+    print()
+    print(checks_table(checks))
+    print()
+    print(
+        f"{'all targets met' if report['all_passed'] else 'TARGETS MISSED'} "
+        f"in {report['elapsed_s']} s"
+    )
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if args.check and not report["all_passed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

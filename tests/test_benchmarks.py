@@ -1,0 +1,160 @@
+"""benchmarks/bench.py: the quick run works and reports every figure; no timing is asserted.
+
+The figures themselves depend on the machine and its load, so nothing here compares a
+ratio with its target: these tests only keep the script runnable, its output complete
+and its baselines honest (they implement the same queue protocol as the helper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+
+FIGURE_KEYS = {
+    "name",
+    "value_ns",
+    "baseline",
+    "baseline_ns",
+    "target",
+    "ratio",
+    "passed",
+    "samples_ns",
+    "baseline_samples_ns",
+}
+TARGETS = {
+    ("send_to_queue per item", "plain async for"): 1.2,
+    ("send_to_queue per item", "per-chunk asyncio.timeout"): 0.10,
+    ("send_to_queue fixed cost", "one bare SDK span"): 3.0,
+    ("ClientCache.get hit, no SDK", "plain OrderedDict"): 2.0,
+    ("ClientCache.get hit (SDK)", "one bare SDK span"): 1.5,
+    ("wait_for_all_mots of 100", "bare asyncio.gather"): 1.2,
+}
+
+
+def _load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("thunkscope_bench", BENCH)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """One quick run of the benchmark: its printed output and its JSON report."""
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(out.read_text())
+
+
+class TestQuickRun:
+    def test_prints_the_table_and_the_checks(self, quick_run: tuple[str, dict[str, Any]]) -> None:
+        """The output has the table header, one row per figure and one line per check."""
+        stdout, report = quick_run
+        assert "| figure | ns | baseline | baseline ns | ratio | target | result |" in stdout
+        rows = [line for line in stdout.splitlines() if line.startswith("| ") and "<=" in line]
+        assert len(rows) == len(report["figures"]) == len(TARGETS)
+        checks = [line for line in stdout.splitlines() if line.startswith("- ")]
+        assert len(checks) == len(report["checks"]) == 2
+
+    def test_every_figure_against_its_baseline_and_target(
+        self, quick_run: tuple[str, dict[str, Any]]
+    ) -> None:
+        """Each figure of the issue is there once, with its target and a positive ratio."""
+        _, report = quick_run
+        found: dict[tuple[str, str], float] = {}
+        for fig in report["figures"]:
+            assert set(fig) == FIGURE_KEYS
+            assert fig["value_ns"] > 0
+            assert fig["baseline_ns"] > 0
+            assert fig["ratio"] == pytest.approx(fig["value_ns"] / fig["baseline_ns"])
+            assert fig["passed"] == (fig["ratio"] <= fig["target"])
+            assert len(fig["samples_ns"]) == len(fig["baseline_samples_ns"]) == report["reps"]
+            (key,) = [
+                k for k in TARGETS if fig["name"].startswith(k[0]) and k[1] in fig["baseline"]
+            ]
+            found[key] = fig["target"]
+        assert found == TARGETS
+
+    def test_report_shape(self, quick_run: tuple[str, dict[str, Any]]) -> None:
+        """The JSON names the mode, the machine and the overall verdict."""
+        _, report = quick_run
+        assert report["mode"] == "quick"
+        assert {"python", "cpus", "cpu", "opentelemetry_sdk"} <= set(report["machine"])
+        assert report["all_passed"] == (
+            all(f["passed"] for f in report["figures"])
+            and all(c["passed"] for c in report["checks"])
+        )
+
+    def test_sequential_streams_leave_nothing_in_flight(
+        self, quick_run: tuple[str, dict[str, Any]]
+    ) -> None:
+        """After the sequential streams the in-flight registry is empty (RSS is only reported)."""
+        _, report = quick_run
+        (check,) = [c for c in report["checks"] if c["name"] == "sequential streams"]
+        assert check["detail"]["registered_after"] == 0
+        assert isinstance(check["detail"]["rss_growth_mb"], float)
+
+    def test_concurrent_streams_deliver_everything(
+        self, quick_run: tuple[str, dict[str, Any]]
+    ) -> None:
+        """Every concurrent stream delivered all its items in order and exported its span."""
+        _, report = quick_run
+        (check,) = [c for c in report["checks"] if c["name"] == "concurrent streams"]
+        detail = check["detail"]
+        assert detail["streams_complete_in_order"] == detail["streams"]
+        assert detail["stream_spans_exported"] == detail["streams"]
+        assert detail["spans_dropped"] == 0
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """The benchmark script imported as a module."""
+    return _load_bench()
+
+
+class TestBaselines:
+    def test_plain_loop_is_the_queue_protocol(self, bench: ModuleType) -> None:
+        """The plain baseline puts every item in order, then the sentinel."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        asyncio.run(bench.plain_loop(bench.numbers(3), queue))
+        assert [queue.get_nowait() for _ in range(queue.qsize())] == [0, 1, 2, None]
+
+    def test_timeout_loop_is_the_queue_protocol(self, bench: ModuleType) -> None:
+        """The upstream-style baseline puts every item in order, then the sentinel."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        asyncio.run(bench.timeout_loop(bench.numbers(3), queue, 120.0))
+        assert [queue.get_nowait() for _ in range(queue.qsize())] == [0, 1, 2, None]
+
+    def test_plain_lru_get(self, bench: ModuleType) -> None:
+        """The plain LRU baseline returns hits, moves them to the end, and misses as None."""
+        lru = bench.PlainLRU()
+        lru.cache.update(a=1, b=2)
+        assert lru.get("a") == 1
+        assert list(lru.cache) == ["b", "a"]
+        assert lru.get("zzz") is None
+
+    def test_figure_ratio_is_median_over_median(self, bench: ModuleType) -> None:
+        """A figure divides the median of its samples by the median of its baseline's."""
+        fig = bench.figure("f", [3.0, 1.0, 2.0], "b", [1.0, 4.0, 4.0], 1.0)
+        assert (fig.value_ns, fig.baseline_ns, fig.ratio) == (2.0, 4.0, 0.5)
+        assert fig.passed
