@@ -1,0 +1,173 @@
+"""serve_debug: the in-flight view as JSON over HTTP, on loopback unless told otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+import thunkscope
+from thunkscope import DebugServer, send_to_queue, serve_debug
+
+
+def get(url: str) -> tuple[int, str, Any]:
+    """Status, content type and decoded JSON body of one GET (error statuses included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], json.loads(error.read())
+
+
+async def stuck_backend(release: asyncio.Event, given: asyncio.Event) -> AsyncIterator[str]:
+    """Two items, then nothing until released; `given` is set once both are taken."""
+    yield "a"
+    yield "b"
+    given.set()
+    await release.wait()
+
+
+@pytest.fixture
+def server() -> Iterator[DebugServer]:
+    """A debug server on a free loopback port, closed after the test."""
+    handle = serve_debug()
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class TestEndpoint:
+    def test_url(self, server: DebugServer) -> None:
+        """The handle's url is the loopback base URL of a free port, ending in a slash."""
+        assert server.url.startswith("http://127.0.0.1:")
+        assert server.url.endswith("/")
+        assert int(server.url.rsplit(":", 1)[1].rstrip("/")) > 0
+
+    async def test_json_of_a_running_stream(self, server: DebugServer, telemetry: Any) -> None:
+        """GET <url>inflight answers the snapshots of a real running stream as a JSON list."""
+        release, given = asyncio.Event(), asyncio.Event()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(
+            send_to_queue(stuck_backend(release, given), queue, stall_after=0.05, name="served")
+        )
+        await given.wait()
+        await asyncio.sleep(0.1)
+        status, content_type, body = await asyncio.to_thread(get, server.url + "inflight")
+        release.set()
+        await task
+        assert status == 200
+        assert content_type == "application/json"
+        (snapshot,) = body
+        functions = [line.rsplit(" in ", 1)[1] for line in snapshot.pop("stack")]
+        assert functions[-2:] == ["stuck_backend", "wait"]
+        assert snapshot["age_s"] >= 0.1
+        assert snapshot["idle_s"] >= 0.1
+        (span,) = telemetry.spans("send_to_queue")
+        assert {k: v for k, v in snapshot.items() if k not in ("age_s", "idle_s")} == {
+            "stream_id": span.attributes["thunkscope.stream.id"],
+            "name": "served",
+            "trace_id": f"{span.get_span_context().trace_id:032x}",
+            "state": "stalled",
+            "items": 2,
+            "backend_type": "stuck_backend",
+        }
+
+    def test_empty_list_when_idle(self, server: DebugServer) -> None:
+        """With no stream running the endpoint answers an empty list."""
+        assert get(server.url + "inflight") == (200, "application/json", [])
+
+    def test_index_and_unknown_paths(self, server: DebugServer) -> None:
+        """The base URL names the endpoint; other paths are a JSON 404."""
+        assert get(server.url) == (200, "application/json", {"endpoints": ["/inflight"]})
+        status, _, body = get(server.url + "nope")
+        assert status == 404
+        assert "nope" in body["error"]
+
+    async def test_answers_while_the_loop_is_blocked(self, server: DebugServer) -> None:
+        """The server runs on its own thread: it answers while the event loop is busy."""
+        release, given = asyncio.Event(), asyncio.Event()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(send_to_queue(stuck_backend(release, given), queue))
+        await given.wait()
+        answers: list[tuple[float, Any]] = []
+
+        def fetch() -> None:
+            answers.append((time.monotonic(), get(server.url + "inflight")[2]))
+
+        fetcher = threading.Thread(target=fetch)
+        fetcher.start()
+        time.sleep(0.3)  # noqa: ASYNC251 - the event loop is blocked on purpose
+        unblocked = time.monotonic()
+        fetcher.join(5)
+        release.set()
+        await task
+        ((answered, body),) = answers
+        assert answered < unblocked
+        assert [snap["state"] for snap in body] == ["awaiting_item"]
+
+    def test_close(self) -> None:
+        """close() stops serving and frees the port; closing twice is harmless."""
+        with serve_debug() as handle:
+            assert get(handle.url + "inflight")[0] == 200
+        handle.close()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(handle.url + "inflight", timeout=2)
+        assert "closed" in repr(handle)
+
+    def test_public_names(self) -> None:
+        """serve_debug and its handle type are exported at the top level."""
+        assert thunkscope.serve_debug is serve_debug
+        assert thunkscope.DebugServer is DebugServer
+
+
+class TestLoopbackOnly:
+    @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "10.0.0.1", "example.com"])
+    def test_non_loopback_refused(self, host: str) -> None:
+        """A host that is not loopback is a ValueError naming host, before anything binds."""
+        with pytest.raises(ValueError, match=r"host=.*allow_non_loopback=True") as raised:
+            serve_debug(host=host)
+        assert repr(host) in str(raised.value)
+
+    @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.2"])
+    def test_loopback_accepted(self, host: str) -> None:
+        """Loopback addresses and localhost are served."""
+        with serve_debug(host=host) as handle:
+            assert get(handle.url + "inflight")[:2] == (200, "application/json")
+
+    @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+    def test_ipv6_loopback(self) -> None:
+        """::1 is served, with the URL's host in brackets."""
+        with serve_debug(host="::1") as handle:
+            assert handle.url.startswith("http://[::1]:")
+            assert get(handle.url + "inflight")[0] == 200
+
+    def test_explicit_flag_allows_any_host(self) -> None:
+        """allow_non_loopback=True binds a non-loopback host (here: all interfaces)."""
+        with serve_debug(host="0.0.0.0", allow_non_loopback=True) as handle:
+            port = handle.url.rsplit(":", 1)[1]
+            assert get(f"http://127.0.0.1:{port}inflight")[0] == 200
+
+    @pytest.mark.parametrize("port", [-1, 70000, True, "80"])
+    def test_bad_port(self, port: Any) -> None:
+        """A port outside 0-65535 is a ValueError naming port."""
+        with pytest.raises(ValueError, match="port"):
+            serve_debug(port=port)
