@@ -1,9 +1,22 @@
 """ClientCache: a small thread-safe LRU map holding one client per event loop.
 
-A hit takes no lock: `OrderedDict.move_to_end` and item lookup are each atomic under
-the GIL, and a key evicted between the two simply reads as a miss. Writes take a
-lock and evict before they insert, so the size never exceeds the capacity, not even
-for an instant. Hits only bump an int; the SDK reads the totals when it collects.
+A hit takes no lock and makes no call beyond the two dict operations: an
+``OrderedDict.move_to_end`` and an item lookup (each atomic under the GIL; a key
+evicted between the two simply reads as a miss), an int increment, and a few
+attribute reads that tell whether anyone is tracing or logging at debug. Writes take
+a lock and evict before they insert, so the size never exceeds the capacity. Hits
+only bump an int; the SDK reads the totals when it collects.
+
+Dead event loops. Keys are usually ``id()`` of an event loop, and an id is reused
+once its loop is gone: two ``asyncio.run()`` calls in a row often get the same one,
+and a client bound to the first loop would be handed to the second. So when `put`
+runs on a loop and the key is that loop or its id, the cache keeps a weak reference
+to the loop. When the loop is collected (always before its id can be reused) the
+reference's callback notes the key; the next operation on the cache evicts the entry
+as *stale*: a lookup of that key is a miss with ``thunkscope.cache.result=stale``,
+the value goes to `on_evict`, and the eviction is counted and logged. A loop that is
+closed but still referenced cannot have its id reused; its entry is swept the same
+way at the next miss or put.
 """
 
 from __future__ import annotations
@@ -11,29 +24,61 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
+
+from opentelemetry import trace as _trace_api
+from opentelemetry.metrics import _internal as _metrics_api
 
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import report_failure, telemetry
+from thunkscope._telemetry import CacheStats, report_failure, telemetry
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-DEFAULT_CACHE_NAME = "client_cache"
+DEFAULT_CACHE_NAME: Final = "client_cache"
+LOG_ON_EVICT_FAILED: Final = "cache.on_evict_failed"
+
+
+class _Configured:
+    is_configured = True  # unknown structlog internals: always take the full path
+
+
+# What the hit path reads to learn that nobody is tracing or logging at debug: module
+# attributes and one dict, no calls (see `_events` for why these and not the APIs).
+_structlog_config: Any = events._structlog_config or _Configured()
+# Value-preserving: put the flag on the instance (as structlog's reset_defaults() does)
+# so the hit path reads an instance attribute, ~10 ns faster than a class attribute.
+_structlog_config.is_configured = bool(_structlog_config.is_configured)
+_levels: dict[int, bool] = events._level_cache if events._level_cache is not None else {}
 
 
 class ClientCache(Generic[K, V]):
     """An LRU map, typically keyed by ``id()`` of an event loop, one client per loop.
 
-    `name` labels this cache's telemetry (keep it low-cardinality). `on_evict`, if
-    given, is called with each evicted value (a client to close); it may be a
-    coroutine function, and its errors are logged, never raised.
+    `name` labels this cache's telemetry (keep it low-cardinality: past the name cap
+    metrics fold it into ``other``). `on_evict`, if given, is called with each value
+    that leaves the cache for good: evicted as least recently used, or found stale
+    behind a dead event loop (see the module docs). It may be a coroutine function
+    (run on the running loop, or to completion when there is none); its errors are
+    logged, never raised. Overwriting a key with `put` does not call it.
     """
 
-    __slots__ = ("__weakref__", "_lock", "_on_evict", "_stats", "cache", "capacity", "name")
+    __slots__ = (
+        "__weakref__",
+        "_dead",
+        "_lock",
+        "_loops",
+        "_on_evict",
+        "_stale_keys",
+        "_stats",
+        "cache",
+        "capacity",
+        "name",
+    )
 
     def __init__(
         self,
@@ -47,8 +92,10 @@ class ClientCache(Generic[K, V]):
                 f"capacity must be a positive integer (1 or more), "
                 f"got {capacity!r} of type {type(capacity).__name__}"
             )
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a non-empty str, got {type(name).__name__}")
+        if not name:
+            raise ValueError("name must be a non-empty str, got ''")
         if on_evict is not None and not callable(on_evict):
             raise TypeError(f"on_evict must be a callable or None, got {type(on_evict).__name__}")
         self.capacity = capacity
@@ -56,7 +103,13 @@ class ClientCache(Generic[K, V]):
         self.cache: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
         self._on_evict = on_evict
-        self._stats = telemetry.stats_for_cache(name)
+        # key -> weak reference to the loop the entry belongs to (loop-keyed entries only)
+        self._loops: dict[K, weakref.ref[asyncio.AbstractEventLoop]] = {}
+        # keys whose loop was collected, appended by weakref callbacks (GC context: no lock)
+        self._dead: list[K] = []
+        # keys recently evicted as stale, so a later lookup of one reports `stale`
+        self._stale_keys: OrderedDict[K, None] = OrderedDict()
+        self._stats: CacheStats = telemetry.stats_for_cache(name)
         self._stats.caches.add(self)
 
     def get(self, key: K) -> V | None:
@@ -66,9 +119,23 @@ class ClientCache(Generic[K, V]):
             cache.move_to_end(key)
             value = cache[key]
         except KeyError:
-            self._stats.misses += 1
-            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, n.RESULT_MISS)
+            self._miss(key)
             return None
+        except TypeError:
+            raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
+        if self._dead:  # a loop behind some entry was collected since the last call
+            return self._hit_after_collection(key, value)
+        try:
+            if (
+                not telemetry.own_providers
+                and _trace_api._TRACER_PROVIDER is None
+                and _metrics_api._METER_PROVIDER is None
+                and not _levels[10]  # logging.DEBUG, as a constant: no global lookup
+                and not _structlog_config.is_configured
+            ):
+                return value  # nothing observes this hit: not even a counter to bump
+        except KeyError:  # the logging module emptied its level cache: ask it below
+            pass
         self._stats.hits += 1
         if telemetry.cheap_span_wanted() or events.enabled(events.DEBUG):
             self._report(n.SPAN_CACHE_GET, events.DEBUG, n.LOG_CACHE_HIT, n.RESULT_HIT)
@@ -76,21 +143,32 @@ class ClientCache(Generic[K, V]):
 
     def put(self, key: K, value: V) -> None:
         """Insert or overwrite `key` as most recent; a new key at capacity evicts the LRU."""
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
+        loop = _running_loop()
         evicted: tuple[K, V] | None = None
         with self._lock:
+            stale = self._reap_locked()
             cache = self.cache
-            if key in cache:
+            try:
                 cache.move_to_end(key)
-            elif len(cache) >= self.capacity:
-                evicted = cache.popitem(last=False)
+            except KeyError:
+                if len(cache) >= self.capacity:
+                    evicted = cache.popitem(last=False)
+                    self._loops.pop(evicted[0], None)
             cache[key] = value
+            self._stale_keys.pop(key, None)
+            self._bind_locked(key, loop)
         if evicted is not None:
             self._stats.evictions += 1
+        self._after_stale(stale)
         self._report(
             n.SPAN_CACHE_PUT, events.DEBUG, n.LOG_CACHE_PUT, None, evicted=evicted is not None
         )
         if evicted is not None:
-            self._evicted(evicted[1])
+            self._hand_over(evicted[1])
 
     def current_size(self) -> int:
         """The number of entries."""
@@ -101,6 +179,94 @@ class ClientCache(Generic[K, V]):
 
     def __repr__(self) -> str:
         return f"ClientCache(capacity={self.capacity}, name={self.name!r}, size={len(self.cache)})"
+
+    # -- misses and dead loops -----------------------------------------------------------------
+
+    def _miss(self, key: K) -> None:
+        """A lookup that found nothing: sweep dead loops, then report `miss` or `stale`."""
+        with self._lock:
+            stale = self._reap_locked()
+            was_stale = self._pop_stale_key_locked(key)
+        if was_stale:
+            self._stats.stale += 1
+        else:
+            self._stats.misses += 1
+        self._after_stale(stale)
+        if was_stale:
+            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, n.RESULT_STALE)
+        else:
+            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, n.RESULT_MISS)
+
+    def _hit_after_collection(self, key: K, value: V) -> V | None:
+        """A hit while some loop was collected: the hit may be that loop's stale entry."""
+        with self._lock:
+            stale = self._reap_locked()
+            was_stale = self._pop_stale_key_locked(key)
+        if not was_stale:
+            self._stats.hits += 1
+            self._after_stale(stale)
+            self._report(n.SPAN_CACHE_GET, events.DEBUG, n.LOG_CACHE_HIT, n.RESULT_HIT)
+            return value
+        self._stats.stale += 1
+        self._after_stale(stale)
+        self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, n.RESULT_STALE)
+        return None
+
+    def _pop_stale_key_locked(self, key: K) -> bool:
+        """Whether `key` was recently evicted as stale (forgetting it). Holds the lock."""
+        if key in self._stale_keys:
+            del self._stale_keys[key]
+            return True
+        return False
+
+    def _bind_locked(self, key: K, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Remember the loop behind `key` if the key is that loop or its id."""
+        if isinstance(key, asyncio.AbstractEventLoop):
+            loop = key
+        elif loop is None or type(key) is not int or key != id(loop):
+            self._loops.pop(key, None)
+            return
+        known = self._loops.get(key)
+        if known is not None and known() is loop:
+            return
+        self._loops[key] = weakref.ref(loop, _loop_collected(self, key))
+
+    def _reap_locked(self) -> list[tuple[K, V]]:
+        """Evict every entry whose loop was collected or closed; return them. Holds the lock."""
+        loops = self._loops
+        if not loops and not self._dead:
+            return []
+        dead = self._dead
+        while dead:
+            dead.pop()  # the sweep below finds them: their weak reference is dead now
+        stale: list[tuple[K, V]] = []
+        for key, ref in list(loops.items()):
+            loop = ref()
+            if loop is not None and not loop.is_closed():
+                continue
+            del loops[key]
+            value = self.cache.pop(key, _MISSING)
+            if value is _MISSING:
+                continue
+            stale.append((key, value))
+            self._stale_keys[key] = None
+            if len(self._stale_keys) > self.capacity:
+                self._stale_keys.popitem(last=False)
+        return stale
+
+    def _after_stale(self, stale: list[tuple[K, V]]) -> None:
+        """Count, log and hand over entries evicted as stale (outside the lock)."""
+        for _key, value in stale:
+            self._stats.evictions += 1
+            if events.enabled(events.INFO):
+                events.emit(
+                    events.INFO,
+                    n.LOG_CACHE_EVICTED,
+                    cache=self.name,
+                    reason=n.RESULT_STALE,
+                    size=len(self.cache),
+                )
+            self._hand_over(value)
 
     # -- telemetry ---------------------------------------------------------------------------
 
@@ -122,18 +288,23 @@ class ClientCache(Generic[K, V]):
                 attributes[n.CACHE_EVICTED] = evicted
             try:
                 span = telemetry.tracer.start_span(span_name, attributes=attributes)
-                if evicted:
-                    span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: self.name})
-                span.end()
+                try:
+                    if evicted or result == n.RESULT_STALE:
+                        span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: self.name})
+                finally:
+                    span.end()
             except Exception as exc:
                 report_failure("cache span", exc)
         if events.enabled(level):
-            events.emit(level, event, cache=self.name, size=size, capacity=self.capacity)
+            fields: dict[str, Any] = {"cache": self.name, "size": size, "capacity": self.capacity}
+            if result == n.RESULT_STALE:
+                fields["result"] = result
+            events.emit(level, event, **fields)
         if evicted:
             events.emit(events.INFO, n.LOG_CACHE_EVICTED, cache=self.name, size=size)
 
-    def _evicted(self, value: V) -> None:
-        """Hand an evicted client to `on_evict`; errors are logged, never raised."""
+    def _hand_over(self, value: V) -> None:
+        """Hand a value that left the cache to `on_evict`; errors are logged, never raised."""
         if self._on_evict is None:
             return
         try:
@@ -142,6 +313,33 @@ class ClientCache(Generic[K, V]):
                 _run_soon(result, self.name)
         except Exception as exc:
             _evict_hook_failed(self.name, exc)
+
+
+class _Missing:
+    pass
+
+
+_MISSING: Final[Any] = _Missing()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    return asyncio._get_running_loop()
+
+
+def _loop_collected(cache: ClientCache[Any, Any], key: Any) -> Callable[[object], None]:
+    """The weakref callback for `key`'s loop: note the key for the next cache operation.
+
+    It runs inside garbage collection, on any thread, possibly in the middle of the
+    cache's own code, so it only appends to a list: no lock, no dict mutation.
+    """
+    cache_ref = weakref.ref(cache)
+
+    def collected(_: object) -> None:
+        owner = cache_ref()
+        if owner is not None:
+            owner._dead.append(key)
+
+    return collected
 
 
 def _run_soon(awaitable: Any, cache_name: str) -> None:
@@ -167,7 +365,8 @@ _pending_hooks: set[asyncio.Task[None]] = set()
 
 
 def _evict_hook_failed(cache_name: str, exc: Exception) -> None:
+    """An on_evict that raised: a debug event each time, one warning per exception type."""
     events.emit(
-        events.WARNING, "cache.on_evict_failed", cache=cache_name, error_type=type(exc).__qualname__
+        events.DEBUG, LOG_ON_EVICT_FAILED, cache=cache_name, error_type=type(exc).__qualname__
     )
-    report_failure("on_evict", exc)
+    report_failure("on_evict", exc, detail=f"cache {cache_name!r}")

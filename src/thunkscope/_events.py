@@ -91,4 +91,5 @@ def emit(level: int, event: str, /, **fields: Any) -> None:
                 extra={"thunkscope_event": event, "thunkscope_fields": fields},
             )
     except Exception as exc:
-        report_failure(f"log event {event}", exc)
+        # A broken processor or handler breaks every event alike: one warning per type.
+        report_failure("logging", exc, detail=f"event {event}")

@@ -1,4 +1,9 @@
-"""wait_for_all_mots: await many model output thunks at once, as one observed call."""
+"""wait_for_all_mots: await many model output thunks at once, as one observed call.
+
+The span, metrics and log event say how many thunks, how long, and the type of the
+first exception; never a thunk's value, and the exception's message only when
+content capture is on (`thunkscope._telemetry.captured`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,13 @@ from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import report_failure, telemetry
+from thunkscope._telemetry import (
+    EXCEPTION_MESSAGE,
+    LOG_ERROR_MESSAGE,
+    captured,
+    report_failure,
+    telemetry,
+)
 
 
 async def wait_for_all_mots(mots: Iterable[Any]) -> None:
@@ -73,12 +84,17 @@ def _finish(span: Span, size: int, error: BaseException | None, duration: float)
         outcome, error_type = n.OUTCOME_CANCELLED, None
     else:
         outcome, error_type = n.OUTCOME_ERROR, type(error).__qualname__
+    message = None if error_type is None else captured(error)
     try:
         if span.is_recording():
             span.set_attribute(n.GATHER_OUTCOME, outcome)
             if error_type is not None:
                 span.set_attribute(n.ERROR_TYPE, error_type)
                 span.set_status(Status(StatusCode.ERROR, f"a thunk raised {error_type}"))
+                if message is not None:
+                    span.add_event(
+                        "exception", {"exception.type": error_type, EXCEPTION_MESSAGE: message}
+                    )
     except Exception as exc:
         report_failure("span attributes", exc)
     finally:
@@ -103,4 +119,6 @@ def _finish(span: Span, size: int, error: BaseException | None, duration: float)
     if error_type is None:
         events.emit(events.INFO, n.LOG_GATHER_COMPLETED, **fields)
     else:
+        if message is not None:
+            fields[LOG_ERROR_MESSAGE] = message
         events.emit(events.WARNING, n.LOG_GATHER_FAILED, error_type=error_type, **fields)

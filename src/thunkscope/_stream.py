@@ -22,7 +22,13 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import report_failure, telemetry
+from thunkscope._telemetry import (
+    EXCEPTION_MESSAGE,
+    LOG_ERROR_MESSAGE,
+    captured,
+    report_failure,
+    telemetry,
+)
 from thunkscope._watch import (
     StreamWatch,
     backend_type_of,
@@ -81,8 +87,10 @@ async def send_to_queue(
             raise TypeError(
                 f"on_timeout must be a callable or None, got {type(on_timeout).__name__}"
             )
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a non-empty str, got {type(name).__name__}")
+        if not name:
+            raise ValueError("name must be a non-empty str, got ''")
     except (TypeError, ValueError) as exc:
         # The producer usually runs as a task nobody awaits: the consumer must see the
         # error on the queue rather than wait for a sentinel that never comes.
@@ -148,7 +156,7 @@ async def send_to_queue(
         outcome, error = n.OUTCOME_ERROR, exc
         watch.disarm()
         if span.is_recording():
-            span.add_event(n.EVENT_ERROR_FORWARDED, {n.ERROR_TYPE: type(exc).__qualname__})
+            span.add_event(n.EVENT_ERROR_FORWARDED, _error_attributes(exc))
         await watch.put(aqueue, exc)
     finally:
         watch.disarm()
@@ -346,11 +354,23 @@ def _finish(
         fields["put_wait_s"] = round(watch.put_wait, 6)
     if error_type is not None:
         fields["error_type"] = error_type
+        message = captured(error)
+        if message is not None:
+            fields[LOG_ERROR_MESSAGE] = message
     if watch.trace_id is not None:
         ctx = span.get_span_context()
         fields["trace_id"] = watch.trace_id
         fields["span_id"] = trace_api.format_span_id(ctx.span_id)
     events.emit(level, event, **fields)
+
+
+def _error_attributes(exc: BaseException) -> dict[str, str]:
+    """The forwarded error's type; its message too, only when content capture is on."""
+    attributes = {n.ERROR_TYPE: type(exc).__qualname__}
+    message = captured(exc)
+    if message is not None:
+        attributes[EXCEPTION_MESSAGE] = message
+    return attributes
 
 
 def _status_description(outcome: str, watch: StreamWatch, error_type: str) -> str:

@@ -51,15 +51,42 @@ def _env_float(name: str, default: float | None) -> float | None:
     return value if value > 0 else None
 
 
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        _stdlib_log.warning("ignoring %s=%r: not a positive integer", name, raw)
+        return default
+    return value
+
+
+DEFAULT_CONTENT_LIMIT = 256
+"""Characters of captured content kept per value when capture is on; the rest is cut."""
+
+DEFAULT_NAME_LIMIT = 100
+"""Distinct stream names, and distinct cache names, that may label metrics."""
+
+
 @dataclass(slots=True)
 class Settings:
-    """Process-wide knobs, read from the environment once and changed by `configure()`."""
+    """Process-wide knobs, read from the environment once and changed by `configure()`.
+
+    `capture_content` (``THUNKSCOPE_CAPTURE_CONTENT``, off by default) lets the text of
+    exceptions into telemetry, cut to `content_limit` characters
+    (``THUNKSCOPE_CONTENT_LIMIT``); see `captured`. `name_limit`
+    (``THUNKSCOPE_NAME_LIMIT``) caps the distinct stream and cache names on metrics.
+    """
 
     span_mode: SpanMode = "all"
     stall_after: float | None = 30.0
     capture_content: bool = False
-    content_limit: int = 256
-    name_limit: int = 100
+    content_limit: int = DEFAULT_CONTENT_LIMIT
+    name_limit: int = DEFAULT_NAME_LIMIT
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -73,7 +100,41 @@ class Settings:
             span_mode=mode,  # type: ignore[arg-type]
             stall_after=_env_float("THUNKSCOPE_STALL_AFTER", 30.0),
             capture_content=capture in {"1", "true", "yes", "on"},
+            content_limit=_env_int("THUNKSCOPE_CONTENT_LIMIT", DEFAULT_CONTENT_LIMIT),
+            name_limit=_env_int("THUNKSCOPE_NAME_LIMIT", DEFAULT_NAME_LIMIT),
         )
+
+
+# --- opt-in content capture ------------------------------------------------------------------
+
+EXCEPTION_MESSAGE = "exception.message"
+"""Span event attribute for a captured exception message (OTel semantic conventions)."""
+
+LOG_ERROR_MESSAGE = "error_message"
+"""Log field for a captured exception message."""
+
+TRUNCATED_MARK = "…[truncated]"
+
+
+def captured(value: object) -> str | None:
+    """The text of `value` for telemetry if content capture is on, else None.
+
+    Off by default: exception messages often quote a prompt. When on, `str(value)` is
+    cut to `content_limit` characters and marked with ``…[truncated]``. What thunkscope
+    captures is exactly this: the message of an exception a stream forwarded or a
+    gather raised, on the span event (``exception.message``) and the log event
+    (``error_message``). Stream items, thunk values and cache keys and values are never
+    captured, whatever the setting.
+    """
+    settings = telemetry.settings
+    if not settings.capture_content:
+        return None
+    try:
+        text = str(value)
+    except Exception:
+        return None
+    limit = settings.content_limit
+    return text if len(text) <= limit else text[:limit] + TRUNCATED_MARK
 
 
 # --- failure isolation ----------------------------------------------------------------------
@@ -82,8 +143,12 @@ _reported: set[tuple[str, type[BaseException]]] = set()
 _reported_lock = threading.Lock()
 
 
-def report_failure(where: str, exc: BaseException) -> None:
-    """Log a telemetry failure once per place and exception type; never raise."""
+def report_failure(where: str, exc: BaseException, *, detail: str | None = None) -> None:
+    """Log a telemetry failure once per place and exception type; never raise.
+
+    The warning names the place and the exception type, never the exception message
+    (which may quote content). `detail` (not part of the once-key) adds context.
+    """
     key = (where, type(exc))
     with _reported_lock:
         if key in _reported:
@@ -91,10 +156,12 @@ def report_failure(where: str, exc: BaseException) -> None:
         _reported.add(key)
     with contextlib.suppress(Exception):  # a logging handler that throws
         _stdlib_log.warning(
-            "thunkscope telemetry failed in %s (%s); the helper's result is unaffected, "
+            "thunkscope telemetry failed in %s%s (%s); the helper's result is unaffected, "
             "further failures of this kind are not logged",
             where,
-            type(exc).__name__,
+            f" ({detail})" if detail else "",
+            type(exc).__qualname__,
+            extra={"thunkscope_failure": where, "error_type": type(exc).__qualname__},
         )
 
 
@@ -182,6 +249,8 @@ class Telemetry:
         self.loop_stats = LoopStats()
         self._tracer_provider: TracerProvider | None = None
         self._meter_provider: MeterProvider | None = None
+        self.own_providers = False
+        """Whether `use()` named providers: hot paths then skip their global checks."""
         self._tracer: Tracer | None = None
         self._instruments: Instruments | None = None
         self._lock = threading.Lock()
@@ -197,6 +266,7 @@ class Telemetry:
         with self._lock:
             self._tracer_provider = tracer_provider
             self._meter_provider = meter_provider
+            self.own_providers = tracer_provider is not None or meter_provider is not None
             self._tracer = None
             self._instruments = None
 
