@@ -384,8 +384,8 @@ class TestBackpressure:
         (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
             n.EVENT_FIRST_ITEM,
-            n.EVENT_SENTINEL,
             n.EVENT_BACKPRESSURE,
+            n.EVENT_SENTINEL,  # recorded once the sentinel is on the queue
         ]
         assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
 

@@ -140,9 +140,9 @@ async def send_to_queue(
             watch.items = 1
             await watch.put(aqueue, response)
         watch.disarm()
+        await watch.put(aqueue, None)
         if span.is_recording():
             span.add_event(n.EVENT_SENTINEL, {n.STREAM_ITEMS: watch.items})
-        await watch.put(aqueue, None)
     except asyncio.CancelledError as exc:
         task = watch.task
         if not (watch.expired and task is not None and task.uncancel() == 0):
@@ -151,13 +151,24 @@ async def send_to_queue(
         outcome = n.OUTCOME_TIMEOUT
         error = _timeout_error(timeout)
         watch.disarm()  # the deadline must not fire again while the iterator is closed
-        await _on_stream_timeout(watch, response, aqueue, error, on_timeout)
+        try:
+            await _on_stream_timeout(watch, aqueue, error, on_timeout)
+        except asyncio.CancelledError as cancelled:
+            # Cancelled before the TimeoutError reached the queue: the consumer got nothing.
+            outcome, error = n.OUTCOME_CANCELLED, cancelled
+            raise
+        await _close_iterator(response, watch)
     except Exception as exc:
         outcome, error = n.OUTCOME_ERROR, exc
         watch.disarm()
+        try:
+            await watch.put(aqueue, exc)
+        except asyncio.CancelledError as cancelled:
+            # Cancelled while blocked on a full queue: the exception never got through.
+            outcome, error = n.OUTCOME_CANCELLED, cancelled
+            raise
         if span.is_recording():
             span.add_event(n.EVENT_ERROR_FORWARDED, _error_attributes(exc))
-        await watch.put(aqueue, exc)
     finally:
         watch.disarm()
         unregister(watch)
@@ -217,12 +228,11 @@ def _timeout_error(timeout: float | None) -> TimeoutError:
 
 async def _on_stream_timeout(
     watch: StreamWatch,
-    iterator: Any,
     aqueue: asyncio.Queue[Any],
     error: TimeoutError,
     on_timeout: Callable[[], object] | None,
 ) -> None:
-    """The deadline expired: tell the backend, tell the consumer, close the iterator."""
+    """The deadline expired: tell the backend, then the consumer (the caller closes)."""
     if watch.span.is_recording():
         watch.span.add_event(
             n.EVENT_TIMEOUT, {"thunkscope.stream.chunk_timeout": watch.timeout or 0.0}
@@ -241,7 +251,6 @@ async def _on_stream_timeout(
                 error_type=type(exc).__qualname__,
             )
     await watch.put(aqueue, error)
-    await _close_iterator(iterator, watch)
 
 
 async def _close_iterator(iterator: Any, watch: StreamWatch) -> None:
