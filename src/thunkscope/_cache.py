@@ -288,13 +288,15 @@ class ClientCache(Generic[K, V]):
                 attributes[n.CACHE_EVICTED] = evicted
             try:
                 span = telemetry.tracer.start_span(span_name, attributes=attributes)
+            except Exception as exc:
+                report_failure("span start", exc)
+            else:
                 try:
                     if evicted or result == n.RESULT_STALE:
                         span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: self.name})
-                finally:
                     span.end()
-            except Exception as exc:
-                report_failure("cache span", exc)
+                except Exception as exc:
+                    report_failure("span end", exc)
         if events.enabled(level):
             fields: dict[str, Any] = {"cache": self.name, "size": size, "capacity": self.capacity}
             if result == n.RESULT_STALE:

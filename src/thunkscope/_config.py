@@ -4,30 +4,54 @@ Importing thunkscope configures nothing. An application that wants thunkscope's
 telemetry exported calls `configure()` once at start-up; one that set up OTel and
 structlog itself calls nothing and, at most, adds `add_trace_context` to its
 structlog processors.
+
+A collector that misbehaves never reaches the application. Exports run on the SDK's
+background threads, so no helper waits on them; each exporter is wrapped so that an
+exception in it is contained, and the warnings the OTel exporters log for every failed
+batch (and every retry) while thunkscope's exporters run are replaced by **one**
+warning per failure episode on the ``thunkscope`` logger: the first failed export logs
+a WARNING naming the endpoint, the signal and the cause; further failures log at DEBUG
+until an export succeeds again (an INFO line says so). A later episode warns again, at
+most once every `EXPORT_WARNING_INTERVAL_S`. `TelemetryHandle.shutdown()` returns
+within its timeout (4 s by default) even when the collector hangs, and runs at exit
+if the application never calls it.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import math
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import structlog
 from opentelemetry import _logs as logs_api
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from thunkscope import _events as events
 from thunkscope._telemetry import SpanMode, telemetry
@@ -36,13 +60,23 @@ Protocol = Literal["http/protobuf", "grpc"]
 LogFormat = Literal["json", "console"]
 
 _log = logging.getLogger("thunkscope")
+T = TypeVar("T")
 
 # Batch settings sized for bursts: a thousand streams ending at once must not overflow
 # the span queue (the SDK default of 2,048 drops spans under that load).
-SPAN_QUEUE_SIZE = 32_768
-SPAN_BATCH_SIZE = 2_048
-EXPORT_TIMEOUT_S = 3.0
-SHUTDOWN_TIMEOUT_S = 4.0
+SPAN_QUEUE_SIZE: Final = 32_768
+SPAN_BATCH_SIZE: Final = 2_048
+LOG_QUEUE_SIZE: Final = 32_768
+LOG_BATCH_SIZE: Final = 2_048
+EXPORT_TIMEOUT_S: Final = 3.0
+SHUTDOWN_TIMEOUT_S: Final = 4.0
+EXPORT_WARNING_INTERVAL_S: Final = 300.0
+"""Least time between two export-failure warnings (a flapping collector warns this rarely)."""
+
+_PROTOCOLS: Final = ("http/protobuf", "grpc")
+_LOG_FORMATS: Final = ("json", "console")
+_SPAN_MODES: Final = ("all", "in_trace")
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 
 def add_trace_context(
@@ -54,40 +88,56 @@ def add_trace_context(
     return event_dict
 
 
+# --- the handle -------------------------------------------------------------------------------
+
+
 @dataclass
 class TelemetryHandle:
-    """What `configure()` set up; `shutdown()` flushes all three signals and returns."""
+    """What `configure()` set up; `shutdown()` flushes all three signals and returns.
+
+    `shutdown()` runs by itself at interpreter exit if the application never calls it,
+    with the same bound, so a gone collector never hangs the exit.
+    """
 
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     logger_provider: LoggerProvider | None = None
+    _health: ExportHealth | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
+
+    def _providers(self) -> list[Any]:
+        return [
+            p
+            for p in (self.tracer_provider, self.meter_provider, self.logger_provider)
+            if p is not None
+        ]
 
     def force_flush(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Export what is buffered now, giving up after `timeout_s`."""
+        timeout_s = _positive_seconds("timeout_s", timeout_s)
         millis = int(timeout_s * 1000)
         _bounded(
-            [
-                (p, lambda p=p: p.force_flush(millis))
-                for p in (self.tracer_provider, self.meter_provider, self.logger_provider)
-                if p is not None
-            ],
+            [functools.partial(p.force_flush, millis) for p in self._providers()],
             timeout_s,
+            "flush",
+            self._health,
         )
 
     def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Flush and stop the providers; return within `timeout_s`, collector or not."""
+        timeout_s = _positive_seconds("timeout_s", timeout_s)
         if self._closed:
             return
         self._closed = True
-        _bounded(
-            [
-                (p, p.shutdown)
-                for p in (self.tracer_provider, self.meter_provider, self.logger_provider)
-                if p is not None
-            ],
-            timeout_s,
-        )
+        atexit.unregister(self._at_exit)
+        if self._health is not None:
+            # One attempt per remaining batch, no retries and no backoff sleeps: a
+            # collector that fails now would only eat the timeout.
+            self._health.stop_retries()
+        _bounded([p.shutdown for p in self._providers()], timeout_s, "shutdown", self._health)
+
+    def _at_exit(self) -> None:
+        self.shutdown()
 
     def __enter__(self) -> TelemetryHandle:
         return self
@@ -96,11 +146,16 @@ class TelemetryHandle:
         self.shutdown()
 
 
-def _bounded(calls: Sequence[tuple[object, Any]], timeout_s: float) -> None:
+def _bounded(
+    calls: Sequence[Callable[[], object]],
+    timeout_s: float,
+    what: str,
+    health: ExportHealth | None,
+) -> None:
     """Run the calls in parallel daemon threads and wait at most `timeout_s` for all."""
     threads = [
-        threading.Thread(target=_quietly, args=(call,), daemon=True, name="thunkscope-shutdown")
-        for _, call in calls
+        threading.Thread(target=_quietly, args=(call, what), daemon=True, name=f"thunkscope-{what}")
+        for call in calls
     ]
     for thread in threads:
         thread.start()
@@ -108,16 +163,285 @@ def _bounded(calls: Sequence[tuple[object, Any]], timeout_s: float) -> None:
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     if any(thread.is_alive() for thread in threads):
-        _log.warning(
-            "thunkscope: telemetry flush did not finish within %.1f s; giving up", timeout_s
+        # Already warned that the collector fails? Then this is the same story: no warning.
+        level = logging.INFO if health is not None and health.failing else logging.WARNING
+        _log.log(
+            level,
+            "thunkscope: telemetry %s did not finish within %.1f s; giving up (unsent "
+            "telemetry is dropped)",
+            what,
+            timeout_s,
         )
 
 
-def _quietly(call: Any) -> None:
+def _quietly(call: Callable[[], object], what: str) -> None:
     try:
         call()
     except Exception as exc:
-        _log.warning("thunkscope: telemetry shutdown failed (%s)", type(exc).__name__)
+        _log.warning("thunkscope: telemetry %s failed (%s)", what, type(exc).__qualname__)
+
+
+# --- one warning per export-failure episode ---------------------------------------------------
+
+
+class _ExportScope(threading.local):
+    depth = 0
+    records: list[logging.LogRecord] | None = None
+
+
+_scope = _ExportScope()
+_MAX_CAPTURED = 8
+
+
+class _ExporterLogGate(logging.Filter):
+    """Hold back what OTel's exporters log while a thunkscope exporter runs on this thread.
+
+    Those records (a warning per retry, an error per failed batch) are kept for the
+    cause of `ExportHealth`'s single warning instead. Records logged anywhere else
+    pass, except repeats of the batch processors' per-item "Queue full" warning.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("thunkscope-export-gate")
+        self._queue_full_seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _scope.depth:
+            records = _scope.records
+            if records is not None and len(records) < _MAX_CAPTURED:
+                records.append(record)
+            return False
+        if isinstance(record.msg, str) and record.msg.startswith("Queue full"):
+            key = f"{record.name}:{record.getMessage()}"
+            if key in self._queue_full_seen:
+                return False
+            self._queue_full_seen.add(key)
+        return True
+
+
+_gate = _ExporterLogGate()
+_GATED_PREFIXES: Final = ("opentelemetry", "urllib3", "requests", "grpc")
+_GATED_LOGGERS: Final = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.metrics._internal.export",
+    "urllib3.connectionpool",
+)
+
+
+def _install_gate() -> None:
+    """Attach the gate to the loggers OTel's export path logs on (a filter sees only its own
+    logger's records, so each one needs it)."""
+    names = set(_GATED_LOGGERS)
+    names.update(
+        name
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger) and name.startswith(_GATED_PREFIXES)
+    )
+    for name in names:
+        logger = logging.getLogger(name)
+        if _gate not in logger.filters:
+            logger.addFilter(_gate)
+
+
+class ExportHealth:
+    """Whether the exporters of one `configure()` call are failing, and the one warning."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.failing = False
+        self.failures = 0
+        self._last_warning = -math.inf
+        self._lock = threading.Lock()
+        self._exporters: list[Any] = []
+
+    def watch(self, exporter: T) -> T:
+        """Remember an inner exporter, so `aborts` can stop it; return it."""
+        self._exporters.append(exporter)
+        return exporter
+
+    def stop_retries(self) -> None:
+        """Make the inner exporters give up after one attempt, ending any backoff sleep.
+
+        Sets the event each OTLP exporter (1.4x) waits on between retries: the HTTP
+        client's ``_shutdown_event`` or the gRPC exporter's ``_shutdown_in_progress``.
+        Unlike the exporter's own shutdown, later exports still make one attempt, so
+        the final flush still delivers to a healthy collector. Should those private
+        attributes move, nothing happens and the shutdown timeout still bounds the wait.
+        """
+        for exporter in self._exporters:
+            for event in (
+                getattr(getattr(exporter, "_client", None), "_shutdown_event", None),
+                getattr(exporter, "_shutdown_in_progress", None),
+            ):
+                if isinstance(event, threading.Event):
+                    event.set()
+
+    def run(self, signal: str, export: Callable[[], object], ok: object) -> bool:
+        """Run one export on this thread with the OTel exporters' logs held back."""
+        outer = _scope.records
+        records: list[logging.LogRecord] = []
+        _scope.records = records
+        _scope.depth += 1
+        cause = ""
+        try:
+            result = export()
+        except Exception as exc:
+            result, cause = None, type(exc).__qualname__
+        finally:
+            _scope.depth -= 1
+            _scope.records = outer
+        if result == ok:
+            self._succeeded()
+            return True
+        if not cause:
+            cause = _cause(records) or f"the exporter returned {result}"
+        self._failed(signal, cause)
+        return False
+
+    def _failed(self, signal: str, cause: str) -> None:
+        with self._lock:
+            self.failures += 1
+            first = not self.failing
+            self.failing = True
+            now = time.monotonic()
+            warn = first and now - self._last_warning >= EXPORT_WARNING_INTERVAL_S
+            if warn:
+                self._last_warning = now
+        if warn:
+            _log.warning(
+                "thunkscope: exporting %s to %s failed (%s); telemetry is dropped while the "
+                "collector fails, the application is unaffected. Further export failures "
+                "are logged at DEBUG until an export succeeds.",
+                signal,
+                self.endpoint,
+                cause,
+                extra={"thunkscope_export_failure": signal},
+            )
+        elif first:
+            _log.info(
+                "thunkscope: exporting %s to %s failed again (%s)", signal, self.endpoint, cause
+            )
+        else:
+            _log.debug("thunkscope: exporting %s to %s failed (%s)", signal, self.endpoint, cause)
+
+    def _succeeded(self) -> None:
+        if not self.failing:
+            return
+        with self._lock:
+            if not self.failing:
+                return
+            self.failing = False
+            failures, self.failures = self.failures, 0
+        _log.info(
+            "thunkscope: telemetry export to %s recovered after %d failed exports",
+            self.endpoint,
+            failures,
+        )
+
+    def contained(self, what: str, call: Callable[[], Any], default: Any) -> Any:
+        """Run an exporter's flush or shutdown with its logs held back; never raise."""
+        _scope.depth += 1
+        try:
+            return call()
+        except Exception as exc:
+            _log.debug("thunkscope: exporter %s failed (%s)", what, type(exc).__qualname__)
+            return default
+        finally:
+            _scope.depth -= 1
+
+
+def _cause(records: list[logging.LogRecord]) -> str:
+    """What the exporter complained of first: the root cause, before retries and give-ups."""
+    if not records:
+        return ""
+    record = records[0]
+    try:
+        message = record.getMessage()
+    except Exception:
+        message = str(record.msg)
+    return message if len(message) <= 300 else message[:300] + "…"
+
+
+class _GuardedSpanExporter(SpanExporter):
+    """An OTLP span exporter that never raises and reports failures through `ExportHealth`."""
+
+    def __init__(self, inner: SpanExporter, health: ExportHealth) -> None:
+        self._inner = health.watch(inner)
+        self._health = health
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        ok = self._health.run("traces", lambda: self._inner.export(spans), SpanExportResult.SUCCESS)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._health.contained("shutdown", self._inner.shutdown, None)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(
+            self._health.contained("flush", lambda: self._inner.force_flush(timeout_millis), False)
+        )
+
+
+class _GuardedMetricExporter(MetricExporter):
+    """An OTLP metric exporter that never raises and reports failures through `ExportHealth`."""
+
+    def __init__(self, inner: MetricExporter, health: ExportHealth) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = health.watch(inner)
+        self._health = health
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        ok = self._health.run(
+            "metrics",
+            lambda: self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs),
+            MetricExportResult.SUCCESS,
+        )
+        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return bool(
+            self._health.contained("flush", lambda: self._inner.force_flush(timeout_millis), False)
+        )
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._health.contained(
+            "shutdown", lambda: self._inner.shutdown(timeout_millis=timeout_millis), None
+        )
+
+
+class _GuardedLogExporter(LogRecordExporter):
+    """An OTLP log exporter that never raises and reports failures through `ExportHealth`."""
+
+    def __init__(self, inner: LogRecordExporter, health: ExportHealth) -> None:
+        self._inner = health.watch(inner)
+        self._health = health
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        ok = self._health.run(
+            "logs", lambda: self._inner.export(batch), LogRecordExportResult.SUCCESS
+        )
+        return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._health.contained("shutdown", self._inner.shutdown, None)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(
+            self._health.contained("flush", lambda: self._inner.force_flush(timeout_millis), False)
+        )
+
+
+# --- configure ----------------------------------------------------------------------------------
 
 
 def configure(
@@ -131,6 +455,8 @@ def configure(
     spans: SpanMode | None = None,
     stall_after: float | Literal["env"] | None = "env",
     capture_content: bool | None = None,
+    content_limit: int | None = None,
+    name_limit: int | None = None,
     metric_export_interval_s: float = 10.0,
     metric_readers: Iterable[MetricReader] = (),
     span_processors: Iterable[SpanProcessor] = (),
@@ -144,23 +470,48 @@ def configure(
     console rendering on stderr, events also shipped as OTLP logs) unless the
     application configured structlog itself; None leaves structlog alone.
     `metric_readers` and `span_processors` add sinks beside the OTLP exporters.
+
+    Content stays out of telemetry unless `capture_content` is true (default: the
+    ``THUNKSCOPE_CAPTURE_CONTENT`` variable, else off). What is then captured is the
+    message of an exception a stream forwarded or a gather raised (span event attribute
+    ``exception.message``, log field ``error_message``), cut to `content_limit`
+    characters (default ``THUNKSCOPE_CONTENT_LIMIT``, else 256). Stream items, thunk
+    values and cache keys and values are never captured. `name_limit` caps the distinct
+    stream names, and cache names, that label metrics (default 100); the rest fold
+    into ``other``.
+
+    Every argument is checked before anything is set up: a wrong type is a TypeError,
+    a wrong value a ValueError, each naming the argument.
     """
-    _apply_settings(spans=spans, stall_after=stall_after, capture_content=capture_content)
+    args = _Checked(
+        service_name=service_name,
+        endpoint=endpoint,
+        protocol=protocol,
+        headers=headers,
+        log_format=log_format,
+        log_level=log_level,
+        spans=spans,
+        stall_after=stall_after,
+        capture_content=capture_content,
+        content_limit=content_limit,
+        name_limit=name_limit,
+        metric_export_interval_s=metric_export_interval_s,
+        metric_readers=metric_readers,
+        span_processors=span_processors,
+    )
+    args.apply_settings()
     if _env_true("OTEL_SDK_DISABLED"):
         _log.info("thunkscope: OTEL_SDK_DISABLED is set; no telemetry is exported")
         return TelemetryHandle()
 
-    resolved_protocol = _protocol(protocol)
-    base = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    exporters = _Exporters(resolved_protocol, base, dict(headers or {}))
-    attributes = {SERVICE_NAME: service_name} if service_name else {}
-    resource = Resource.create(attributes)
-    handle = TelemetryHandle()
+    exporters = _Exporters(args.protocol, args.endpoint, args.headers)
+    resource = Resource.create({SERVICE_NAME: args.service_name} if args.service_name else {})
+    handle = TelemetryHandle(_health=exporters.health)
 
     if _global_set(trace_api, "_TRACER_PROVIDER"):
         _warn_kept("tracer")
     else:
-        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         tracer_provider.add_span_processor(
             BatchSpanProcessor(
                 exporters.spans(),
@@ -170,7 +521,7 @@ def configure(
                 export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
             )
         )
-        for processor in span_processors:
+        for processor in args.span_processors:
             tracer_provider.add_span_processor(processor)
         trace_api.set_tracer_provider(tracer_provider)
         handle.tracer_provider = tracer_provider
@@ -180,25 +531,39 @@ def configure(
     else:
         reader = PeriodicExportingMetricReader(
             exporters.metrics(),
-            export_interval_millis=metric_export_interval_s * 1000,
+            export_interval_millis=args.metric_export_interval_s * 1000,
             export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
         )
-        meter_provider = MeterProvider(resource=resource, metric_readers=[reader, *metric_readers])
+        meter_provider = MeterProvider(
+            resource=resource,
+            metric_readers=[reader, *args.metric_readers],
+            shutdown_on_exit=False,
+        )
         metrics_api.set_meter_provider(meter_provider)
         handle.meter_provider = meter_provider
 
     if _global_set(logs_api._internal, "_LOGGER_PROVIDER"):
         _warn_kept("logger")
     else:
-        logger_provider = LoggerProvider(resource=resource)
+        logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         logger_provider.add_log_record_processor(
-            BatchLogRecordProcessor(exporters.logs(), export_timeout_millis=EXPORT_TIMEOUT_S * 1000)
+            BatchLogRecordProcessor(
+                exporters.logs(),
+                max_queue_size=LOG_QUEUE_SIZE,
+                max_export_batch_size=LOG_BATCH_SIZE,
+                export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
+            )
         )
         logs_api.set_logger_provider(logger_provider)
         handle.logger_provider = logger_provider
 
-    if log_format is not None:
-        configure_logging(log_format, level=log_level, logger_provider=handle.logger_provider)
+    _install_gate()
+    if handle.tracer_provider or handle.meter_provider or handle.logger_provider:
+        atexit.register(handle._at_exit)
+    if args.log_format is not None:
+        configure_logging(
+            args.log_format, level=args.log_level, logger_provider=handle.logger_provider
+        )
     telemetry.use()  # drop cached tracer and instruments: the globals changed
     return handle
 
@@ -215,6 +580,13 @@ def configure_logging(
     add `add_trace_context` (and, for OTLP, opentelemetry-instrumentation-structlog's
     `StructlogProcessor`) to its processors instead.
     """
+    log_format = _choice("log_format", log_format, _LOG_FORMATS)  # type: ignore[assignment]
+    level = _choice("level", level, _LOG_LEVELS, fold_case=True)
+    if logger_provider is not None and not isinstance(logger_provider, LoggerProvider):
+        raise TypeError(
+            "logger_provider must be an opentelemetry.sdk._logs.LoggerProvider or None, "
+            f"got {type(logger_provider).__name__}"
+        )
     if structlog.is_configured():
         _log.warning(
             "thunkscope: structlog is already configured; leaving it as it is "
@@ -248,84 +620,232 @@ def configure_logging(
     return True
 
 
-def _apply_settings(
-    *,
-    spans: SpanMode | None,
-    stall_after: float | Literal["env"] | None,
-    capture_content: bool | None,
-) -> None:
-    settings = telemetry.settings
-    if spans is not None:
-        if spans not in ("all", "in_trace"):
-            raise ValueError(f"spans must be 'all' or 'in_trace', got {spans!r}")
-        settings.span_mode = spans
-    if stall_after != "env":
-        if stall_after is not None and (
-            isinstance(stall_after, bool)
-            or not isinstance(stall_after, int | float)
-            or not stall_after > 0
-        ):
-            raise ValueError(
-                f"stall_after must be a positive number of seconds or None, got {stall_after!r}"
+# --- argument checks ----------------------------------------------------------------------------
+
+
+class _Checked:
+    """configure()'s arguments, every one checked before anything is set up."""
+
+    def __init__(
+        self,
+        *,
+        service_name: object,
+        endpoint: object,
+        protocol: object,
+        headers: object,
+        log_format: object,
+        log_level: object,
+        spans: object,
+        stall_after: object,
+        capture_content: object,
+        content_limit: object,
+        name_limit: object,
+        metric_export_interval_s: object,
+        metric_readers: object,
+        span_processors: object,
+    ) -> None:
+        self.service_name = _optional_str("service_name", service_name)
+        chosen = protocol if protocol is not None else os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        if chosen is not None and isinstance(chosen, str):
+            chosen = chosen.strip() or None
+        self.protocol: Protocol = _choice(  # type: ignore[assignment]
+            "protocol", chosen if chosen is not None else "http/protobuf", _PROTOCOLS
+        )
+        self.endpoint = _endpoint(endpoint, self.protocol)
+        self.headers = _headers(headers)
+        self.log_format: LogFormat | None = (
+            None if log_format is None else _choice("log_format", log_format, _LOG_FORMATS)  # type: ignore[assignment]
+        )
+        self.log_level = _choice("log_level", log_level, _LOG_LEVELS, fold_case=True)
+        self.spans: SpanMode | None = (
+            None if spans is None else _choice("spans", spans, _SPAN_MODES)  # type: ignore[assignment]
+        )
+        self.stall_after: float | Literal["env"] | None = (
+            "env"
+            if stall_after == "env" and isinstance(stall_after, str)
+            else _optional_seconds("stall_after", stall_after)
+        )
+        if capture_content is not None and not isinstance(capture_content, bool):
+            raise TypeError(
+                f"capture_content must be a bool or None, got {type(capture_content).__name__}"
             )
-        settings.stall_after = None if stall_after is None else float(stall_after)
-    if capture_content is not None:
-        settings.capture_content = bool(capture_content)
+        self.capture_content: bool | None = capture_content
+        self.content_limit = _optional_count("content_limit", content_limit)
+        self.name_limit = _optional_count("name_limit", name_limit)
+        self.metric_export_interval_s = _positive_seconds(
+            "metric_export_interval_s", metric_export_interval_s
+        )
+        self.metric_readers: list[MetricReader] = _instances(
+            "metric_readers", metric_readers, MetricReader
+        )
+        self.span_processors: list[SpanProcessor] = _instances(
+            "span_processors", span_processors, SpanProcessor
+        )
+
+    def apply_settings(self) -> None:
+        settings = telemetry.settings
+        if self.spans is not None:
+            settings.span_mode = self.spans
+        if self.stall_after != "env":
+            settings.stall_after = self.stall_after
+        if self.capture_content is not None:
+            settings.capture_content = self.capture_content
+        if self.content_limit is not None:
+            settings.content_limit = self.content_limit
+        if self.name_limit is not None:
+            settings.name_limit = self.name_limit
+            telemetry.stream_names.limit = self.name_limit
+            telemetry.cache_names.limit = self.name_limit
 
 
-def _protocol(protocol: str | None) -> Protocol:
-    chosen = (protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
-    if chosen not in ("http/protobuf", "grpc"):
-        raise ValueError(f"protocol must be 'http/protobuf' or 'grpc', got {chosen!r}")
-    return chosen  # type: ignore[return-value]
+def _optional_str(argument: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be a str or None, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{argument} must not be empty")
+    return value
+
+
+def _choice(
+    argument: str, value: object, allowed: tuple[str, ...], *, fold_case: bool = False
+) -> str:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{argument} must be one of {', '.join(map(repr, allowed))}, got {type(value).__name__}"
+        )
+    chosen = value.strip().lower() if fold_case else value.strip()
+    if chosen not in allowed:
+        raise ValueError(
+            f"{argument} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+        )
+    return chosen
+
+
+def _endpoint(value: object, protocol: Protocol) -> str | None:
+    endpoint = _optional_str("endpoint", value)
+    if endpoint is None:
+        return None
+    endpoint = endpoint.strip()
+    if protocol == "http/protobuf" and not endpoint.startswith(("http://", "https://")):
+        raise ValueError(
+            f"endpoint must be an http:// or https:// URL for protocol 'http/protobuf', "
+            f"got {endpoint!r}"
+        )
+    return endpoint
+
+
+def _headers(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, got {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise TypeError(
+                f"headers must be a mapping of str to str, got {type(key).__name__} -> "
+                f"{type(item).__name__}"
+            )
+    return dict(value)
+
+
+def _positive_seconds(argument: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"{argument} must be a positive number of seconds, got {type(value).__name__}"
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{argument} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _optional_seconds(argument: str, value: object) -> float | None:
+    return None if value is None else _positive_seconds(argument, value)
+
+
+def _optional_count(argument: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argument} must be a positive int or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{argument} must be a positive int or None, got {value!r}")
+    return value
+
+
+def _instances(argument: str, value: object, kind: type[Any]) -> list[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{argument} must be an iterable of {kind.__name__}, got {type(value).__name__}"
+        )
+    items = list(value)
+    for index, item in enumerate(items):
+        if not isinstance(item, kind):
+            raise TypeError(
+                f"{argument}[{index}] must be a {kind.__name__}, got {type(item).__name__}"
+            )
+    return items
+
+
+# --- exporters ----------------------------------------------------------------------------------
 
 
 class _Exporters:
-    """OTLP exporters of one protocol, all pointing at one collector."""
+    """OTLP exporters of one protocol, all pointing at one collector, all guarded."""
 
-    def __init__(self, protocol: Protocol, base: str | None, headers: dict[str, str]) -> None:
+    def __init__(self, protocol: Protocol, endpoint: str | None, headers: dict[str, str]) -> None:
         self.protocol = protocol
+        base = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         self.base = base.rstrip("/") if base else None
         self.headers = headers or None
+        self.health = ExportHealth(self.base or "the default OTLP endpoint")
 
     def _http_endpoint(self, path: str) -> str | None:
         return None if self.base is None else f"{self.base}/v1/{path}"
 
-    def spans(self) -> Any:
+    def spans(self) -> SpanExporter:
         if self.protocol == "grpc":
-            module = _grpc("trace_exporter")
-            return module.OTLPSpanExporter(
+            inner = _grpc("trace_exporter").OTLPSpanExporter(
                 endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
             )
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter(
-            endpoint=self._http_endpoint("traces"), headers=self.headers, timeout=EXPORT_TIMEOUT_S
-        )
+            inner = OTLPSpanExporter(
+                endpoint=self._http_endpoint("traces"),
+                headers=self.headers,
+                timeout=EXPORT_TIMEOUT_S,
+            )
+        return _GuardedSpanExporter(inner, self.health)
 
-    def metrics(self) -> Any:
+    def metrics(self) -> MetricExporter:
         if self.protocol == "grpc":
-            module = _grpc("metric_exporter")
-            return module.OTLPMetricExporter(
+            inner = _grpc("metric_exporter").OTLPMetricExporter(
                 endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
             )
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        return OTLPMetricExporter(
-            endpoint=self._http_endpoint("metrics"), headers=self.headers, timeout=EXPORT_TIMEOUT_S
-        )
+            inner = OTLPMetricExporter(
+                endpoint=self._http_endpoint("metrics"),
+                headers=self.headers,
+                timeout=EXPORT_TIMEOUT_S,
+            )
+        return _GuardedMetricExporter(inner, self.health)
 
-    def logs(self) -> Any:
+    def logs(self) -> LogRecordExporter:
         if self.protocol == "grpc":
-            module = _grpc("_log_exporter")
-            return module.OTLPLogExporter(
+            inner = _grpc("_log_exporter").OTLPLogExporter(
                 endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
             )
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 
-        return OTLPLogExporter(
-            endpoint=self._http_endpoint("logs"), headers=self.headers, timeout=EXPORT_TIMEOUT_S
-        )
+            inner = OTLPLogExporter(
+                endpoint=self._http_endpoint("logs"), headers=self.headers, timeout=EXPORT_TIMEOUT_S
+            )
+        return _GuardedLogExporter(inner, self.health)
 
 
 def _grpc(module: str) -> Any:

@@ -32,6 +32,10 @@ def _record_span(found: bool) -> None:
         span = telemetry.tracer.start_span(
             n.SPAN_GET_CURRENT_EVENT_LOOP, attributes={n.EVENT_LOOP_FOUND: found}
         )
+    except Exception as exc:
+        report_failure("span start", exc)
+        return
+    try:
         span.end()
     except Exception as exc:
-        report_failure("span", exc)
+        report_failure("span end", exc)

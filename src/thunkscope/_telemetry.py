@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -154,15 +155,20 @@ def report_failure(where: str, exc: BaseException, *, detail: str | None = None)
         if key in _reported:
             return
         _reported.add(key)
-    with contextlib.suppress(Exception):  # a logging handler that throws
+    message = (
+        "thunkscope telemetry failed in %s%s (%s); the helper's result is unaffected, "
+        "further failures of this kind are not logged"
+    )
+    args = (where, f" ({detail})" if detail else "", type(exc).__qualname__)
+    try:
         _stdlib_log.warning(
-            "thunkscope telemetry failed in %s%s (%s); the helper's result is unaffected, "
-            "further failures of this kind are not logged",
-            where,
-            f" ({detail})" if detail else "",
-            type(exc).__qualname__,
+            message,
+            *args,
             extra={"thunkscope_failure": where, "error_type": type(exc).__qualname__},
         )
+    except Exception:  # a logging handler that throws: the last resort is stderr
+        with contextlib.suppress(Exception):
+            sys.stderr.write((message % args) + " (logging failed too)\n")
 
 
 # --- bounded metric labels ------------------------------------------------------------------
