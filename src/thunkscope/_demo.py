@@ -97,7 +97,11 @@ class Workload:
         return client
 
     async def requests(self, *, with_failures: bool) -> None:
-        """A burst of requests on the current loop: streams, a single answer, a gather."""
+        """A burst of requests on the current loop: streams, a single answer, a gather.
+
+        With failures: a stream that stalls into chunk_timeout, one the backend breaks,
+        a failing gather, and a slow consumer on a bounded queue (backpressure).
+        """
         thunks = [Thunk() for _ in range(self.streams_per_loop + 1)]
         producers = [
             send_to_queue(self.client().stream(self.tokens), thunk.queue, name="chat-stream")
@@ -105,44 +109,58 @@ class Workload:
         ]
         single = send_to_queue(self.client().complete(), thunks[-1].queue, name="chat-single")
         producers.append(single)
-        failing = [Thunk(), Thunk()] if with_failures else []
-        if failing:
-            client = self.client()
-            producers.append(
+        tasks = [asyncio.create_task(producer) for producer in producers]
+        if with_failures:
+            tasks.extend(await self._failures())
+        await wait_for_all_mots(thunks)
+        await asyncio.gather(*tasks)
+
+    async def _failures(self) -> list[asyncio.Task[None]]:
+        client = self.client()
+        stalled, broken = Thunk(), Thunk()
+        slow_reader = Thunk(asyncio.Queue(maxsize=2))
+        tasks = [
+            asyncio.create_task(
                 send_to_queue(
                     client.stream(self.tokens, stall_at=5),
-                    failing[0].queue,
+                    stalled.queue,
                     chunk_timeout=self.chunk_timeout_s,
                     stall_after=self.stall_after_s,
                     name="chat-stream",
                 )
-            )
-            producers.append(
-                send_to_queue(client.failing_stream(3), failing[1].queue, name="chat-stream")
-            )
-        tasks = [asyncio.create_task(producer) for producer in producers]
-        for thunk in failing:
-            with contextlib.suppress(TimeoutError, ConnectionResetError):
-                await thunk.avalue()
-        await wait_for_all_mots(thunks)
-        await asyncio.gather(*tasks)
+            ),
+            asyncio.create_task(
+                send_to_queue(client.failing_stream(3), broken.queue, name="chat-stream")
+            ),
+            asyncio.create_task(
+                send_to_queue(client.stream(10), slow_reader.queue, name="chat-stream")
+            ),
+        ]
+        with contextlib.suppress(ConnectionResetError):
+            await wait_for_all_mots([broken])  # a gather that fails
+        with contextlib.suppress(TimeoutError):
+            await stalled.avalue()
+        while (item := await slow_reader.queue.get()) is not None:
+            await asyncio.sleep(0.005)  # a consumer slower than the backend
+            del item
+        return tasks
 
     def run(self) -> int:
-        """Run rounds until the duration is spent; return how many rounds ran."""
+        """Run rounds on three event loops until the duration is spent; return the rounds."""
         background = _BackgroundLoop()
         deadline = time.monotonic() + self.duration_s
         rounds = 0
-        try:
-            while True:
-                first = rounds == 0
-                background.run(self.requests(with_failures=first))
-                asyncio.run(self.requests(with_failures=False))
-                asyncio.run(self.requests(with_failures=False))
-                rounds += 1
-                if time.monotonic() >= deadline:
-                    return rounds
-        finally:
-            background.close()
+        with asyncio.Runner() as first, asyncio.Runner() as second:
+            try:
+                while True:
+                    background.run(self.requests(with_failures=rounds % 3 == 0))
+                    first.run(self.requests(with_failures=False))
+                    second.run(self.requests(with_failures=False))
+                    rounds += 1
+                    if time.monotonic() >= deadline:
+                        return rounds
+            finally:
+                background.close()
 
 
 class _BackgroundLoop:

@@ -36,16 +36,16 @@ async def wait_for_all_mots(mots: Iterable[Any]) -> None:
     span = _start_span(len(thunks))
     start = time.monotonic()
     error: BaseException | None = None
-    try:
-        with trace_api.use_span(
-            span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        ):
+    with trace_api.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    ):
+        try:
             await asyncio.gather(*(thunk.avalue() for thunk in thunks))
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        _finish(span, len(thunks), error, time.monotonic() - start)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _finish(span, len(thunks), error, time.monotonic() - start)
 
 
 def _checked(mots: Iterable[Any]) -> list[Any]:

@@ -172,9 +172,11 @@ async def send_to_queue(
     finally:
         watch.disarm()
         unregister(watch)
+        # Still inside the span's context, so the final log record is correlated with it
+        # by any OTel log bridge, not only through the trace_id field we add ourselves.
+        _finish(watch, mode, outcome, error, time.monotonic())
         if token is not None:
             otel_context.detach(token)
-        _finish(watch, mode, outcome, error, time.monotonic())
 
 
 async def _pump(

@@ -1,0 +1,236 @@
+"""End to end: the demo and configure() exporting to real OTLP receivers (rotel, oteltap)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from support.collectors import OtelTapCollector, RotelCollector
+from thunkscope import _names as n
+from thunkscope import send_to_queue
+from thunkscope._telemetry import use_providers
+
+
+def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run `code` in a fresh interpreter (OTel globals are once per process); return stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "thunkscope", "demo", "--duration", "0.2", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+class TestDemo:
+    def test_summary_without_a_server(self) -> None:
+        """With no endpoint the demo needs no server and reports every kind of outcome."""
+        result = run_demo("--json")
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["streams"]["timeout"] == 1
+        assert summary["streams"]["error"] == 1
+        assert summary["streams"]["completed"] >= 10
+        assert summary["stalls"] == 1
+        assert summary["cache"]["miss"] == 3 * summary["rounds"]  # three loops, capacity 2
+        assert summary["cache"]["evictions"] >= 1
+        assert summary["cache"]["hit"] > summary["cache"]["miss"]
+        assert summary["gathers"] == 4 * summary["rounds"]  # three loops + one failing gather
+        assert 0 < summary["ttfi_mean_s"] <= summary["ttfi_max_s"] < 1
+
+    def test_human_summary(self) -> None:
+        """The default output is a table a person can read at a glance."""
+        result = run_demo()
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith("thunkscope demo:")
+        text = result.stdout
+        for label in ("completed", "timeout", "time to first item", "client cache", "evictions"):
+            assert label in text
+
+    @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+    def test_exports_to_a_real_collector(self, rotel: RotelCollector, protocol: str) -> None:
+        """With --otlp-endpoint, spans, metrics and logs reach the collector over each protocol."""
+        endpoint = rotel.grpc_endpoint if protocol == "grpc" else rotel.http_endpoint
+        result = run_demo("--otlp-endpoint", endpoint, "--protocol", protocol)
+        assert result.returncode == 0, result.stderr
+        spans = rotel.wait_for_spans(count=10, name=n.SPAN_SEND_TO_QUEUE)
+        assert {s["service_name"] for s in spans} == {"thunkscope-demo"}
+        assert {s["kind"] for s in spans} == {"PRODUCER"}
+        outcomes = {s["attributes"][n.STREAM_OUTCOME] for s in spans}
+        assert outcomes == {"completed", "error", "timeout"}
+        timed_out = [s for s in spans if s["attributes"][n.STREAM_OUTCOME] == "timeout"]
+        assert timed_out[0]["status"] == "ERROR"
+        assert n.EVENT_STALLED in timed_out[0]["event_names"]
+        assert rotel.spans_named(n.SPAN_CACHE_GET)
+        assert rotel.spans_named(n.SPAN_WAIT_FOR_ALL_MOTS)
+        evictions = rotel.wait_for_point(n.CACHE_EVICTIONS.name, {n.CACHE_NAME: "demo-llm-clients"})
+        assert evictions["value"] >= 1
+        assert evictions["monotonic"] is True
+        durations = rotel.wait_for_point(n.STREAM_DURATION.name, {n.STREAM_OUTCOME: "timeout"})
+        assert (durations["type"], durations["unit"], durations["count"]) == ("Histogram", "s", 1)
+        logs = rotel.wait_for_logs(count=1, where=lambda log: log["body"] == "stream.timed_out")
+        (timeout_span,) = timed_out
+        assert logs[0]["trace_id"] == timeout_span["trace_id"]
+        assert logs[0]["severity"] == "ERROR"
+
+
+class TestConfigure:
+    def test_configure_exports_all_three_signals(self, rotel: RotelCollector) -> None:
+        """configure() with OTEL_* variables sends traces, metrics and logs to the collector."""
+        run_python(
+            """
+            import asyncio, structlog, thunkscope
+
+            async def stream():
+                for token in ("a", "b"):
+                    yield token
+
+            async def main():
+                await thunkscope.send_to_queue(stream(), asyncio.Queue(), name="cfg")
+                cache = thunkscope.ClientCache(1, name="cfg-cache")
+                cache.put(1, "x")
+                cache.get(1)
+
+            handle = thunkscope.configure(log_level="debug")
+            asyncio.run(main())
+            handle.shutdown()
+            """,
+            env={
+                "OTEL_SERVICE_NAME": "cfg-service",
+                "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": rotel.http_endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            },
+        )
+        (span,) = rotel.wait_for_spans(count=1, name=n.SPAN_SEND_TO_QUEUE)
+        assert span["service_name"] == "cfg-service"
+        assert span["resource"]["deployment.environment"] == "test"
+        assert span["scope_name"] == "thunkscope"
+        hits = rotel.wait_for_point(
+            n.CACHE_LOOKUPS.name, {n.CACHE_NAME: "cfg-cache", n.CACHE_RESULT: "hit"}
+        )
+        assert hits["value"] == 1
+        logs = rotel.wait_for_logs(count=3, where=lambda log: log["body"].startswith("stream."))
+        assert [log["body"] for log in logs] == [
+            n.LOG_STREAM_STARTED,
+            n.LOG_STREAM_FIRST_ITEM,
+            n.LOG_STREAM_COMPLETED,
+        ]
+        assert {log["trace_id"] for log in logs} == {span["trace_id"]}
+
+    def test_grpc_protocol_from_the_environment(self, rotel: RotelCollector) -> None:
+        """OTEL_EXPORTER_OTLP_PROTOCOL=grpc sends over gRPC."""
+        run_python(
+            """
+            import asyncio, thunkscope
+            handle = thunkscope.configure(service_name="grpc-service", log_format=None)
+            asyncio.run(thunkscope.send_to_queue("one", asyncio.Queue(), name="grpc"))
+            handle.shutdown()
+            """,
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": rotel.grpc_endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            },
+        )
+        (span,) = rotel.wait_for_spans(count=1, name=n.SPAN_SEND_TO_QUEUE)
+        assert span["service_name"] == "grpc-service"
+        assert span["attributes"][n.STREAM_MODE] == n.MODE_SINGLE
+
+    def test_keeps_a_provider_the_application_set(self) -> None:
+        """configure() warns and keeps a tracer provider set before it."""
+        out = run_python(
+            """
+            import logging, sys
+            from opentelemetry import trace
+            from opentelemetry.sdk.trace import TracerProvider
+            import thunkscope
+            logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="%(message)s")
+            mine = TracerProvider()
+            trace.set_tracer_provider(mine)
+            handle = thunkscope.configure(endpoint="http://127.0.0.1:9", log_format=None)
+            print("kept", trace.get_tracer_provider() is mine, handle.tracer_provider is None)
+            handle.shutdown(timeout_s=1)
+            """
+        )
+        assert "kept True True" in out
+        assert "a global tracer provider is already set; keeping it" in out
+
+    def test_sdk_disabled(self) -> None:
+        """OTEL_SDK_DISABLED=true sets up nothing, and the helpers still work."""
+        out = run_python(
+            """
+            import asyncio
+            from opentelemetry import trace
+            import thunkscope
+            handle = thunkscope.configure(log_format=None)
+            q = asyncio.Queue()
+            asyncio.run(thunkscope.send_to_queue("x", q))
+            print(handle.tracer_provider, q.qsize(), type(trace.get_tracer_provider()).__name__)
+            """,
+            env={"OTEL_SDK_DISABLED": "true"},
+        )
+        assert out.split() == ["None", "2", "ProxyTracerProvider"]
+
+
+async def tokens(*items: str) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+class TestExactExport:
+    async def test_exported_span_is_exact(self) -> None:
+        """The exported send_to_queue span carries exactly the contract's attributes and events."""
+        async with OtelTapCollector() as tap:
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(tap.span_exporter()))
+            use_providers(tracer_provider=provider)
+            try:
+                await send_to_queue(
+                    tokens("tok-alpha-7", "tok-beta-9"), asyncio.Queue(), name="exact"
+                )
+            finally:
+                use_providers()
+            (span,) = await tap.wait_for_spans(count=1, name=n.SPAN_SEND_TO_QUEUE)
+            provider.shutdown()
+        attributes: dict[str, Any] = span["attributes"]
+        assert set(attributes) == {
+            n.STREAM_ID,
+            n.STREAM_NAME,
+            n.STREAM_MODE,
+            n.STREAM_ITEMS,
+            n.STREAM_OUTCOME,
+            n.STREAM_TIME_TO_FIRST_ITEM,
+            n.STREAM_MAX_ITEM_GAP,
+            n.STREAM_PUT_WAIT,
+        }
+        assert {k: attributes[k] for k in (n.STREAM_NAME, n.STREAM_MODE, n.STREAM_ITEMS)} == {
+            n.STREAM_NAME: "exact",
+            n.STREAM_MODE: "iterator",
+            n.STREAM_ITEMS: 2,
+        }
+        assert attributes[n.STREAM_OUTCOME] == "completed"
+        assert span["kind"] == "PRODUCER"
+        assert span["event_names"] == [n.EVENT_FIRST_ITEM, n.EVENT_SENTINEL]
+        assert "tok-" not in json.dumps(span)
