@@ -10,6 +10,6 @@ if [ -f scripts/install-mellea-envs.sh ]; then
   bash scripts/install-mellea-envs.sh
 fi
 
-.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks dashboards
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"
