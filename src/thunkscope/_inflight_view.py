@@ -23,6 +23,7 @@ __all__ = ["fetch", "inflight_url", "render", "run"]
 
 _CLEAR: Final = "\x1b[H\x1b[2J"
 _COLUMNS: Final = ("IDLE", "AGE", "STATE", "ITEMS", "NAME", "STREAM", "BACKEND", "TRACE", "WHERE")
+_ASYNCIO_DIR: Final = f"{os.sep}asyncio{os.sep}"
 _RIGHT_ALIGNED: Final = frozenset({"IDLE", "AGE", "ITEMS"})
 
 Snapshot = dict[str, Any]
@@ -146,8 +147,16 @@ def _row(snap: Snapshot) -> dict[str, str]:
         "STREAM": str(snap.get("stream_id", "")),
         "BACKEND": str(snap.get("backend_type", "")),
         "TRACE": str(trace_id)[:8] or "-",
-        "WHERE": _short_frame(str(stack[-1])) if stack else "-",
+        "WHERE": _short_frame(_where(stack)) if stack else "-",
     }
+
+
+def _where(stack: Sequence[Any]) -> str:
+    """The innermost frame outside asyncio's own code: where the backend is waiting."""
+    for frame in reversed(stack):
+        if _ASYNCIO_DIR not in str(frame):
+            return str(frame)
+    return str(stack[-1])
 
 
 def _short_frame(frame: str) -> str:
