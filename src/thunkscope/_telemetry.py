@@ -175,7 +175,13 @@ def report_failure(where: str, exc: BaseException, *, detail: str | None = None)
 
 
 class NameCap:
-    """Admit at most `limit` distinct names as metric labels; fold the rest into `other`."""
+    """Admit at most `limit` distinct names as metric labels; fold the rest into `other`.
+
+    An instrument labelled by name alone thus has at most ``limit + 1`` series; one
+    with further labels (outcome, error type, cache result) at most ``limit + 1``
+    times their combinations. The first name folded logs one warning. Spans and log
+    events keep the real name: only metrics are capped.
+    """
 
     OTHER = "other"
 
@@ -211,6 +217,13 @@ class NameCap:
         """The names admitted so far."""
         with self._lock:
             return sorted(self._seen)
+
+    def labels(self) -> list[str]:
+        """Every label used so far: the admitted names, and `other` once a name folded."""
+        labels = self.names()
+        if self._warned:
+            labels.append(self.OTHER)
+        return labels
 
 
 # --- aggregated counters for the cheap helpers ---------------------------------------------------
@@ -399,7 +412,7 @@ class Instruments:
 
     def _observe_active_streams(self, _: CallbackOptions) -> Iterator[Observation]:
         active = self._telemetry.active_streams()
-        for name in self._telemetry.stream_names.names():
+        for name in self._telemetry.stream_names.labels():
             yield Observation(active.get(name, 0), {n.STREAM_NAME: name})
 
     def _observe_cache_lookups(self, _: CallbackOptions) -> Iterator[Observation]:
