@@ -68,8 +68,11 @@ async def send_to_queue(
     `chunk_timeout` bounds each wait for the iterator's next item (first included);
     on expiry `on_timeout()` is called, a `TimeoutError` is put on the queue and the
     iterator is closed. `stall_after` seconds without an item produce a stall warning
-    (span event, log, metric) but never abort. `name` labels the stream's metrics:
-    keep it low-cardinality (a backend or model family, never a request id).
+    (span event, log, metric) but never abort; a producer blocked that long on a full
+    queue gets a backpressure warning instead, as the consumer is the slow one. The
+    default comes from THUNKSCOPE_STALL_AFTER (else 30 s); None turns both warnings off.
+    `name` labels the stream's metrics: keep it low-cardinality (a backend or model
+    family, never a request id).
     """
     if not callable(getattr(aqueue, "put", None)):
         _close_unawaited(co)
