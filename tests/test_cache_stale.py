@@ -1,0 +1,228 @@
+"""ClientCache and dead event loops: an entry whose loop is gone is a stale miss, then evicted.
+
+Keys are usually ``id()`` of the running loop, and ids are reused once a loop is freed:
+two ``asyncio.run()`` calls in a row often get the same one. The cache must never hand
+the client of a dead loop to a new loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import weakref
+from typing import Any
+
+import pytest
+
+from conftest import Telemetry
+from thunkscope import ClientCache
+from thunkscope import _names as n
+
+_names = itertools.count()
+
+
+def unique() -> str:
+    """A cache name no other test uses: counters are shared by caches of one name."""
+    return f"stale-{next(_names)}"
+
+
+class Client:
+    """A stand-in for an LLM client bound to the loop it was made on."""
+
+    def __init__(self) -> None:
+        self.loop = weakref.ref(asyncio.get_running_loop())
+        self.closed = False
+
+    def bound_to_running_loop(self) -> bool:
+        return self.loop() is asyncio.get_running_loop()
+
+
+def client_for_this_loop(cache: ClientCache[int, Client]) -> Client:
+    """What a backend does: look up the client of the running loop, make one on a miss."""
+    key = id(asyncio.get_running_loop())
+    client = cache.get(key)
+    if client is None:
+        client = Client()
+        cache.put(key, client)
+    return client
+
+
+def put_in_fresh_loop(cache: ClientCache[int, Client]) -> int:
+    """Put a client for a new loop, run it to the end, and return that loop's id."""
+
+    async def put() -> int:
+        client_for_this_loop(cache)
+        return id(asyncio.get_running_loop())
+
+    loop_id = asyncio.run(put())
+    gc.collect()
+    return loop_id
+
+
+class TestIdReuse:
+    def test_sequential_asyncio_runs_never_share_a_client(self) -> None:
+        """Across 60 asyncio.run() calls, every loop gets a client bound to itself."""
+        evicted: list[Client] = []
+        cache: ClientCache[int, Client] = ClientCache(4, name=unique(), on_evict=evicted.append)
+        ids: list[int] = []
+
+        async def body() -> None:
+            ids.append(id(asyncio.get_running_loop()))
+            client = client_for_this_loop(cache)
+            assert client.bound_to_running_loop()
+
+        for _ in range(60):
+            asyncio.run(body())
+            gc.collect()
+        # Every client but the last left the cache, through on_evict, exactly once.
+        assert len(evicted) == 59
+        assert len({id(c) for c in evicted}) == 59
+        # Ids were reused (the hazard is real), yet no lookup was a hit: each found nothing,
+        # or found (or had found) a dead loop's entry and reported it stale.
+        assert len(set(ids)) < len(ids)
+        assert cache._stats.hits == 0
+        assert cache._stats.misses + cache._stats.stale == 60
+        back_to_back = sum(1 for before, after in itertools.pairwise(ids) if before == after)
+        assert cache._stats.stale >= back_to_back
+
+    def test_entry_of_a_collected_loop_is_a_stale_miss(self) -> None:
+        """Looking up the id of a collected loop is a miss reported stale, and evicts it."""
+        evicted: list[Client] = []
+        cache: ClientCache[int, Client] = ClientCache(4, name=unique(), on_evict=evicted.append)
+        old_id = put_in_fresh_loop(cache)
+        assert old_id in cache.cache  # nothing has looked since the loop died
+
+        async def new_loop_asks_for(key: int) -> Client | None:
+            return cache.get(key)  # what a new loop with the same id would do
+
+        assert asyncio.run(new_loop_asks_for(old_id)) is None
+        assert cache.current_size() == 0
+        assert len(evicted) == 1
+        assert cache._stats.stale == 1
+        assert cache._stats.hits == 0
+
+    def test_other_entries_survive(self) -> None:
+        """Only the dead loop's entry goes; string keys and live loops' entries stay."""
+        cache: ClientCache[Any, Any] = ClientCache(4, name=unique())
+        cache.put("model-a", "client-a")
+        dead = put_in_fresh_loop(cache)
+
+        async def body() -> None:
+            live = id(asyncio.get_running_loop())
+            cache.put(live, "live-client")
+            assert cache.get(dead) is None
+            assert cache.get(live) == "live-client"
+            assert cache.get("model-a") == "client-a"
+
+        asyncio.run(body())
+        assert "model-a" in cache.cache
+
+
+class TestClosedLoops:
+    def test_closed_loop_swept_at_next_miss(self) -> None:
+        """A closed, still referenced loop's entry is evicted at the next miss, then reads stale."""
+        evicted: list[Client] = []
+        cache: ClientCache[int, Client] = ClientCache(4, name=unique(), on_evict=evicted.append)
+        loop = asyncio.new_event_loop()
+        client = loop.run_until_complete(_make(cache))
+        loop.close()
+        assert cache.get(-1) is None  # any miss sweeps
+        assert evicted == [client]
+        assert cache.get(id(loop)) is None
+        assert cache._stats.stale == 1
+        assert cache.get(id(loop)) is None  # reported stale once; now a plain miss
+        assert cache._stats.stale == 1
+
+    def test_loop_object_as_key(self) -> None:
+        """A cache keyed by the loop itself drops the entry once that loop is closed."""
+        evicted: list[str] = []
+        cache: ClientCache[asyncio.AbstractEventLoop, str] = ClientCache(
+            2, name=unique(), on_evict=evicted.append
+        )
+        loop = asyncio.new_event_loop()
+        cache.put(loop, "client")
+        assert cache.get(loop) == "client"
+        loop.close()
+        cache.put(asyncio.new_event_loop(), "other")
+        assert evicted == ["client"]
+        assert cache.get(loop) is None
+        assert cache._stats.stale == 1
+        for key in list(cache.cache):
+            key.close()
+
+    def test_key_put_outside_a_loop_is_not_bound(self) -> None:
+        """An int key put with no loop running is an ordinary key: it never goes stale."""
+        cache: ClientCache[int, str] = ClientCache(2, name=unique())
+        cache.put(42, "client")
+        assert cache._loops == {}
+        gc.collect()
+        assert cache.get(42) == "client"
+
+
+async def _make(cache: ClientCache[int, Client]) -> Client:
+    return client_for_this_loop(cache)
+
+
+class TestOnEvictForStale:
+    def test_async_on_evict_runs_for_a_stale_entry(self) -> None:
+        """An async on_evict closes the stale client on the loop that found it."""
+        closed: list[Client] = []
+
+        async def close(client: Client) -> None:
+            await asyncio.sleep(0)
+            client.closed = True
+            closed.append(client)
+
+        cache: ClientCache[int, Client] = ClientCache(2, name=unique(), on_evict=close)
+        old_id = put_in_fresh_loop(cache)
+
+        async def body() -> None:
+            assert cache.get(old_id) is None
+            await asyncio.sleep(0.01)
+
+        asyncio.run(body())
+        (client,) = closed
+        assert client.closed
+
+    def test_failing_on_evict_is_logged_not_raised(
+        self, stdlib_records: pytest.LogCaptureFixture
+    ) -> None:
+        """An on_evict that raises for a stale entry never reaches get()."""
+
+        def close(client: Client) -> None:
+            raise RuntimeError("cannot close on a dead loop")
+
+        cache: ClientCache[int, Client] = ClientCache(2, name=unique(), on_evict=close)
+        old_id = put_in_fresh_loop(cache)
+        assert cache.get(old_id) is None
+        messages = [r.getMessage() for r in stdlib_records.records if r.levelname == "WARNING"]
+        assert any("on_evict" in m and "RuntimeError" in m for m in messages)
+
+
+class TestStaleTelemetry:
+    def test_span_metric_and_logs(
+        self, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """A stale lookup is a get span with result=stale and an eviction event, counted apart."""
+        cache: ClientCache[int, Client] = ClientCache(2, name="stale")
+        old_id = put_in_fresh_loop(cache)
+        telemetry.exporter.clear()
+        log_events.clear()
+        assert cache.get(old_id) is None
+        (span,) = telemetry.spans(n.SPAN_CACHE_GET)
+        assert dict(span.attributes or {}) == {
+            n.CACHE_NAME: "stale",
+            n.CACHE_RESULT: n.RESULT_STALE,
+            n.CACHE_SIZE: 0,
+        }
+        assert [e.name for e in span.events] == [n.EVENT_CACHE_EVICTED]
+        lookups = telemetry.by_attributes("thunkscope.cache.lookups")
+        stale = frozenset({(n.CACHE_NAME, "stale"), (n.CACHE_RESULT, n.RESULT_STALE)})
+        assert lookups[stale].value == 1
+        evictions = telemetry.by_attributes("thunkscope.cache.evictions")
+        assert evictions[frozenset({(n.CACHE_NAME, "stale")})].value == 1
+        assert [(e["event"], e.get("reason"), e.get("result")) for e in log_events] == [
+            (n.LOG_CACHE_EVICTED, n.RESULT_STALE, None),
+            (n.LOG_CACHE_MISS, None, n.RESULT_STALE),
+        ]
