@@ -40,7 +40,6 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 DEFAULT_CACHE_NAME: Final = "client_cache"
-LOG_ON_EVICT_FAILED: Final = "cache.on_evict_failed"
 
 
 class _Configured:
@@ -184,6 +183,10 @@ class ClientCache(Generic[K, V]):
 
     def _miss(self, key: K) -> None:
         """A lookup that found nothing: sweep dead loops, then report `miss` or `stale`."""
+        try:
+            hash(key)  # an empty OrderedDict answers KeyError without hashing
+        except TypeError:
+            raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
         with self._lock:
             stale = self._reap_locked()
             was_stale = self._pop_stale_key_locked(key)
@@ -369,6 +372,9 @@ _pending_hooks: set[asyncio.Task[None]] = set()
 def _evict_hook_failed(cache_name: str, exc: Exception) -> None:
     """An on_evict that raised: a debug event each time, one warning per exception type."""
     events.emit(
-        events.DEBUG, LOG_ON_EVICT_FAILED, cache=cache_name, error_type=type(exc).__qualname__
+        events.DEBUG,
+        n.LOG_CACHE_ON_EVICT_FAILED,
+        cache=cache_name,
+        error_type=type(exc).__qualname__,
     )
     report_failure("on_evict", exc, detail=f"cache {cache_name!r}")
