@@ -239,9 +239,7 @@ async def _on_stream_timeout(
 ) -> None:
     """The deadline expired: tell the backend, then the consumer (the caller closes)."""
     if watch.span.is_recording():
-        watch.span.add_event(
-            n.EVENT_TIMEOUT, {"thunkscope.stream.chunk_timeout": watch.timeout or 0.0}
-        )
+        watch.span.add_event(n.EVENT_TIMEOUT, {n.STREAM_CHUNK_TIMEOUT: watch.timeout or 0.0})
     if on_timeout is not None:
         try:
             result = on_timeout()
@@ -250,7 +248,7 @@ async def _on_stream_timeout(
         except Exception as exc:
             events.emit(
                 events.ERROR,
-                "stream.on_timeout_failed",
+                n.LOG_STREAM_ON_TIMEOUT_FAILED,
                 stream_id=watch.stream_id,
                 stream=watch.name,
                 error_type=type(exc).__qualname__,
@@ -270,7 +268,7 @@ async def _close_iterator(iterator: Any, watch: StreamWatch) -> None:
     except Exception as exc:
         events.emit(
             events.WARNING,
-            "stream.close_failed",
+            n.LOG_STREAM_CLOSE_FAILED,
             stream_id=watch.stream_id,
             stream=watch.name,
             error_type=type(exc).__qualname__,

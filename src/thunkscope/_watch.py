@@ -255,7 +255,7 @@ class StreamWatch:
         self.watermark = -1.0  # the next item takes the slow path and reports the resume
         if self.state != BLOCKED_ON_PUT:
             self.state = STALLED
-        attrs = {"thunkscope.stream.gap": idle, n.STREAM_ITEMS: self.items}
+        attrs = {n.STREAM_GAP: idle, n.STREAM_ITEMS: self.items}
         if self.span.is_recording():
             self.span.add_event(n.EVENT_STALLED, attrs)
         events.emit(
@@ -283,7 +283,7 @@ class StreamWatch:
         try:
             if self.span.is_recording():
                 self.span.add_event(
-                    n.EVENT_RESUMED, {"thunkscope.stream.gap": gap, n.STREAM_ITEMS: self.items}
+                    n.EVENT_RESUMED, {n.STREAM_GAP: gap, n.STREAM_ITEMS: self.items}
                 )
             events.emit(
                 events.INFO,
@@ -305,7 +305,7 @@ class StreamWatch:
         waited = now - self.put_started
         if self.span.is_recording():
             self.span.add_event(
-                n.EVENT_BACKPRESSURE, {"thunkscope.queue.wait": waited, n.STREAM_ITEMS: self.items}
+                n.EVENT_BACKPRESSURE, {n.QUEUE_WAIT: waited, n.STREAM_ITEMS: self.items}
             )
         events.emit(
             events.WARNING,
