@@ -1,0 +1,155 @@
+"""Load against a real collector, and the cost of a ClientCache hit with no SDK.
+
+1,000 concurrent streams of 1,000 items each run twice in one fresh interpreter: first
+with no telemetry, then with ``configure()`` exporting to rotel. Every item must arrive
+in order, rotel must receive exactly one span per stream, the run with telemetry must
+take at most `LOAD_SLOWDOWN_LIMIT` times the run without, and memory must stay bounded:
+a second telemetry run may not raise the peak resident set by more than
+`STEADY_GROWTH_LIMIT_MB` (nothing accumulates per stream or per item).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from support.collectors import RotelCollector
+from support.faulty import run_python
+from thunkscope import _names as n
+
+STREAMS = 1_000
+ITEMS = 1_000
+LOAD_SLOWDOWN_LIMIT = 3.0
+TELEMETRY_MEMORY_LIMIT_MB = 100.0
+STEADY_GROWTH_LIMIT_MB = 16.0
+
+HIT_TARGET = 2.0
+HIT_LIMIT = 2.5  # the target, plus headroom for a loaded machine
+
+LOAD = r"""
+import asyncio, json, os, resource, time
+import thunkscope
+from thunkscope import send_to_queue
+
+STREAMS = int(os.environ["STREAMS"])
+ITEMS = int(os.environ["ITEMS"])
+
+async def backend(n):
+    for i in range(n):
+        if i % 10 == 0:
+            await asyncio.sleep(0)  # a network stream hands control back between chunks
+        yield i
+
+async def consume(queue):
+    expected = 0
+    while True:
+        item = await queue.get()
+        if item is None:
+            return expected
+        assert not isinstance(item, BaseException), repr(item)
+        assert item == expected, (item, expected)
+        expected += 1
+
+async def streams():
+    queues = [asyncio.Queue(maxsize=100) for _ in range(STREAMS)]
+    producers = [
+        asyncio.create_task(send_to_queue(backend(ITEMS), queue, name="load"))
+        for queue in queues
+    ]
+    counts = await asyncio.gather(*(consume(queue) for queue in queues))
+    await asyncio.gather(*producers)
+    assert counts == [ITEMS] * STREAMS, "items lost"
+
+def timed():
+    started = time.perf_counter()
+    asyncio.run(streams())
+    return time.perf_counter() - started
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+off = timed()
+peak_off = peak_mb()
+handle = thunkscope.configure(service_name="load", endpoint=os.environ["ENDPOINT"])
+on = timed()
+peak_on = peak_mb()
+on_again = timed()
+peak_on_again = peak_mb()
+inflight = len(thunkscope.inflight())
+handle.shutdown()
+print(json.dumps({
+    "off": off, "on": on, "on_again": on_again, "peak_off": peak_off, "peak_on": peak_on,
+    "peak_on_again": peak_on_again, "inflight": inflight,
+}))
+"""
+
+HIT_COST = r"""
+import asyncio, json, statistics, timeit
+from collections import OrderedDict
+from thunkscope import ClientCache
+
+class PlainLRU:
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self.cache = OrderedDict()
+
+    def get(self, key):
+        try:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        except KeyError:
+            return None
+
+plain, ours = PlainLRU(4), ClientCache(4, name="hit-cost")
+
+async def fill():
+    key = id(asyncio.get_running_loop())  # keyed like mellea's backends: the loop's id
+    plain.cache[key] = ours.put(key, "client") or "client"
+    return key
+
+loop = asyncio.new_event_loop()
+key = loop.run_until_complete(fill())
+assert ours.get(key) == plain.get(key) == "client"
+number, plain_ns, ours_ns = 100_000, [], []
+for _ in range(30):  # interleaved, so both see the same machine load
+    for get, into in ((plain.get, plain_ns), (ours.get, ours_ns)):
+        seconds = timeit.timeit("get(key)", globals={"get": get, "key": key}, number=number)
+        into.append(seconds / number * 1e9)
+loop.close()
+print(json.dumps({"plain": min(plain_ns), "ours": min(ours_ns),
+                  "plain_median": statistics.median(plain_ns),
+                  "ours_median": statistics.median(ours_ns)}))
+"""
+
+
+@pytest.mark.slow
+class TestThousandStreams:
+    def test_nothing_lost_bounded_and_cheap(self, rotel: RotelCollector) -> None:
+        """1,000 x 1,000 items in order, one span per stream, bounded memory and slowdown."""
+        result = run_python(
+            LOAD,
+            env={"ENDPOINT": rotel.http_endpoint, "STREAMS": str(STREAMS), "ITEMS": str(ITEMS)},
+            timeout=120,
+        )
+        # Every item arrived in order (asserted by each consumer) and nothing is left running.
+        assert result["inflight"] == 0
+        spans = rotel.wait_for_spans(2 * STREAMS, name=n.SPAN_SEND_TO_QUEUE, timeout=30)
+        assert len(spans) == 2 * STREAMS  # two runs with telemetry on: no span lost or doubled
+        assert {
+            (s["attributes"][n.STREAM_OUTCOME], s["attributes"][n.STREAM_ITEMS]) for s in spans
+        } == {(n.OUTCOME_COMPLETED, ITEMS)}
+        assert len({s["span_id"] for s in spans}) == 2 * STREAMS
+        slowest = max(result["on"], result["on_again"])
+        assert slowest <= LOAD_SLOWDOWN_LIMIT * result["off"], result
+        assert result["peak_on"] - result["peak_off"] <= TELEMETRY_MEMORY_LIMIT_MB, result
+        assert result["peak_on_again"] - result["peak_on"] <= STEADY_GROWTH_LIMIT_MB, result
+
+
+class TestCacheHitCost:
+    def test_hit_close_to_a_plain_ordered_dict_lru(self) -> None:
+        """With no SDK configured, a hit costs at most about twice a plain OrderedDict LRU get."""
+        result = run_python(HIT_COST)
+        ratio = result["ours"] / result["plain"]
+        assert ratio <= HIT_LIMIT, (
+            f"ClientCache.get hit {result['ours']:.0f} ns vs plain LRU {result['plain']:.0f} ns: "
+            f"{ratio:.2f}x (target {HIT_TARGET}x)"
+        )
