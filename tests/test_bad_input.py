@@ -205,7 +205,7 @@ def configure_stops_at_its_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     def past_the_checks(*_: Any, **__: Any) -> Any:
         raise AssertionError("configure() accepted a bad argument and went on to set up export")
 
-    monkeypatch.setattr(_config, "_Exporters", past_the_checks)
+    monkeypatch.setattr(_config, "Exporters", past_the_checks)
     settings_before = repr(telemetry.settings)
     yield
     assert repr(telemetry.settings) == settings_before  # no setting changed either

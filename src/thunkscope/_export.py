@@ -1,0 +1,372 @@
+"""OTLP exporters that never reach the application: contained errors, one warning per episode.
+
+Exports run on the SDK's background threads, so no helper waits on them. Each exporter
+is wrapped so that an exception in it is contained, and the warnings the OTel exporters
+log for every failed batch (and every retry) while thunkscope's exporters run are
+replaced by **one** warning per failure episode on the ``thunkscope`` logger: the first
+failed export logs a WARNING naming the endpoint, the signal and the cause; further
+failures log at DEBUG until an export succeeds again (an INFO line says so). A later
+episode warns again, at most once every `EXPORT_WARNING_INTERVAL_S`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal, TypeVar
+
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import (
+    LogRecordExporter,
+    LogRecordExportResult,
+)
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+Protocol = Literal["http/protobuf", "grpc"]
+
+_log = logging.getLogger("thunkscope")
+T = TypeVar("T")
+
+EXPORT_TIMEOUT_S: Final = 3.0
+EXPORT_WARNING_INTERVAL_S: Final = 300.0
+
+
+# --- one warning per export-failure episode ---------------------------------------------------
+
+
+class _ExportScope(threading.local):
+    depth = 0
+    records: list[logging.LogRecord] | None = None
+
+
+_scope = _ExportScope()
+_MAX_CAPTURED = 8
+
+
+class _ExporterLogGate(logging.Filter):
+    """Hold back what OTel's exporters log while a thunkscope exporter runs on this thread.
+
+    Those records (a warning per retry, an error per failed batch) are kept for the
+    cause of `ExportHealth`'s single warning instead. Records logged anywhere else
+    pass, except repeats of the batch processors' per-item "Queue full" warning.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("thunkscope-export-gate")
+        self._queue_full_seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _scope.depth:
+            records = _scope.records
+            if records is not None and len(records) < _MAX_CAPTURED:
+                records.append(record)
+            return False
+        if isinstance(record.msg, str) and record.msg.startswith("Queue full"):
+            key = f"{record.name}:{record.getMessage()}"
+            if key in self._queue_full_seen:
+                return False
+            self._queue_full_seen.add(key)
+        return True
+
+
+_gate = _ExporterLogGate()
+_GATED_PREFIXES: Final = ("opentelemetry", "urllib3", "requests", "grpc")
+_GATED_LOGGERS: Final = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.metrics._internal.export",
+    "urllib3.connectionpool",
+)
+
+
+def install_log_gate() -> None:
+    """Attach the gate to the loggers OTel's export path logs on (a filter sees only its own
+    logger's records, so each one needs it)."""
+    names = set(_GATED_LOGGERS)
+    names.update(
+        name
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger) and name.startswith(_GATED_PREFIXES)
+    )
+    for name in names:
+        logger = logging.getLogger(name)
+        if _gate not in logger.filters:
+            logger.addFilter(_gate)
+
+
+class ExportHealth:
+    """Whether the exporters of one `configure()` call are failing, and the one warning."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.failing = False
+        self.failures = 0
+        self._last_warning = -math.inf
+        self._lock = threading.Lock()
+        self._exporters: list[Any] = []
+
+    def watch(self, exporter: T) -> T:
+        """Remember an inner exporter, so `aborts` can stop it; return it."""
+        self._exporters.append(exporter)
+        return exporter
+
+    def stop_retries(self) -> None:
+        """Make the inner exporters give up after one attempt, ending any backoff sleep.
+
+        Sets the event each OTLP exporter (1.4x) waits on between retries: the HTTP
+        client's ``_shutdown_event`` or the gRPC exporter's ``_shutdown_in_progress``.
+        Unlike the exporter's own shutdown, later exports still make one attempt, so
+        the final flush still delivers to a healthy collector. Should those private
+        attributes move, nothing happens and the shutdown timeout still bounds the wait.
+        """
+        for exporter in self._exporters:
+            for event in (
+                getattr(getattr(exporter, "_client", None), "_shutdown_event", None),
+                getattr(exporter, "_shutdown_in_progress", None),
+            ):
+                if isinstance(event, threading.Event):
+                    event.set()
+
+    def run(self, signal: str, export: Callable[[], object], ok: object) -> bool:
+        """Run one export on this thread with the OTel exporters' logs held back."""
+        outer = _scope.records
+        records: list[logging.LogRecord] = []
+        _scope.records = records
+        _scope.depth += 1
+        cause = ""
+        try:
+            result = export()
+        except Exception as exc:
+            result, cause = None, type(exc).__qualname__
+        finally:
+            _scope.depth -= 1
+            _scope.records = outer
+        if result == ok:
+            self._succeeded()
+            return True
+        if not cause:
+            cause = _cause(records) or f"the exporter returned {result}"
+        self._failed(signal, cause)
+        return False
+
+    def _failed(self, signal: str, cause: str) -> None:
+        with self._lock:
+            self.failures += 1
+            first = not self.failing
+            self.failing = True
+            now = time.monotonic()
+            warn = first and now - self._last_warning >= EXPORT_WARNING_INTERVAL_S
+            if warn:
+                self._last_warning = now
+        if warn:
+            _log.warning(
+                "thunkscope: exporting %s to %s failed (%s); telemetry is dropped while the "
+                "collector fails, the application is unaffected. Further export failures "
+                "are logged at DEBUG until an export succeeds.",
+                signal,
+                self.endpoint,
+                cause,
+                extra={"thunkscope_export_failure": signal},
+            )
+        elif first:
+            _log.info(
+                "thunkscope: exporting %s to %s failed again (%s)", signal, self.endpoint, cause
+            )
+        else:
+            _log.debug("thunkscope: exporting %s to %s failed (%s)", signal, self.endpoint, cause)
+
+    def _succeeded(self) -> None:
+        if not self.failing:
+            return
+        with self._lock:
+            if not self.failing:
+                return
+            self.failing = False
+            failures, self.failures = self.failures, 0
+        _log.info(
+            "thunkscope: telemetry export to %s recovered after %d failed exports",
+            self.endpoint,
+            failures,
+        )
+
+    def contained(self, what: str, call: Callable[[], Any], default: Any) -> Any:
+        """Run an exporter's flush or shutdown with its logs held back; never raise."""
+        _scope.depth += 1
+        try:
+            return call()
+        except Exception as exc:
+            _log.debug("thunkscope: exporter %s failed (%s)", what, type(exc).__qualname__)
+            return default
+        finally:
+            _scope.depth -= 1
+
+
+def _cause(records: list[logging.LogRecord]) -> str:
+    """What the exporter complained of first: the root cause, before retries and give-ups."""
+    if not records:
+        return ""
+    record = records[0]
+    try:
+        message = record.getMessage()
+    except Exception:
+        message = str(record.msg)
+    return message if len(message) <= 300 else message[:300] + "…"
+
+
+class _GuardedSpanExporter(SpanExporter):
+    """An OTLP span exporter that never raises and reports failures through `ExportHealth`."""
+
+    def __init__(self, inner: SpanExporter, health: ExportHealth) -> None:
+        self._inner = health.watch(inner)
+        self._health = health
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        ok = self._health.run("traces", lambda: self._inner.export(spans), SpanExportResult.SUCCESS)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._health.contained("shutdown", self._inner.shutdown, None)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(
+            self._health.contained("flush", lambda: self._inner.force_flush(timeout_millis), False)
+        )
+
+
+class _GuardedMetricExporter(MetricExporter):
+    """An OTLP metric exporter that never raises and reports failures through `ExportHealth`."""
+
+    def __init__(self, inner: MetricExporter, health: ExportHealth) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = health.watch(inner)
+        self._health = health
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        ok = self._health.run(
+            "metrics",
+            lambda: self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs),
+            MetricExportResult.SUCCESS,
+        )
+        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return bool(
+            self._health.contained("flush", lambda: self._inner.force_flush(timeout_millis), False)
+        )
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._health.contained(
+            "shutdown", lambda: self._inner.shutdown(timeout_millis=timeout_millis), None
+        )
+
+
+class _GuardedLogExporter(LogRecordExporter):
+    """An OTLP log exporter that never raises and reports failures through `ExportHealth`."""
+
+    def __init__(self, inner: LogRecordExporter, health: ExportHealth) -> None:
+        self._inner = health.watch(inner)
+        self._health = health
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        ok = self._health.run(
+            "logs", lambda: self._inner.export(batch), LogRecordExportResult.SUCCESS
+        )
+        return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._health.contained("shutdown", self._inner.shutdown, None)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(
+            self._health.contained("flush", lambda: self._inner.force_flush(timeout_millis), False)
+        )
+
+
+# --- exporters ----------------------------------------------------------------------------------
+
+
+class Exporters:
+    """OTLP exporters of one protocol, all pointing at one collector, all guarded."""
+
+    def __init__(self, protocol: Protocol, endpoint: str | None, headers: dict[str, str]) -> None:
+        self.protocol = protocol
+        base = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        self.base = base.rstrip("/") if base else None
+        self.headers = headers or None
+        self.health = ExportHealth(self.base or "the default OTLP endpoint")
+
+    def _http_endpoint(self, path: str) -> str | None:
+        return None if self.base is None else f"{self.base}/v1/{path}"
+
+    def spans(self) -> SpanExporter:
+        if self.protocol == "grpc":
+            inner = _grpc("trace_exporter").OTLPSpanExporter(
+                endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
+            )
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            inner = OTLPSpanExporter(
+                endpoint=self._http_endpoint("traces"),
+                headers=self.headers,
+                timeout=EXPORT_TIMEOUT_S,
+            )
+        return _GuardedSpanExporter(inner, self.health)
+
+    def metrics(self) -> MetricExporter:
+        if self.protocol == "grpc":
+            inner = _grpc("metric_exporter").OTLPMetricExporter(
+                endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
+            )
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            inner = OTLPMetricExporter(
+                endpoint=self._http_endpoint("metrics"),
+                headers=self.headers,
+                timeout=EXPORT_TIMEOUT_S,
+            )
+        return _GuardedMetricExporter(inner, self.health)
+
+    def logs(self) -> LogRecordExporter:
+        if self.protocol == "grpc":
+            inner = _grpc("_log_exporter").OTLPLogExporter(
+                endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
+            )
+        else:
+            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+            inner = OTLPLogExporter(
+                endpoint=self._http_endpoint("logs"), headers=self.headers, timeout=EXPORT_TIMEOUT_S
+            )
+        return _GuardedLogExporter(inner, self.health)
+
+
+def _grpc(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(f"opentelemetry.exporter.otlp.proto.grpc.{module}")
+    except ImportError:
+        raise ImportError(
+            "OTLP over gRPC needs the grpc extra: pip install 'thunkscope[grpc]'"
+        ) from None
