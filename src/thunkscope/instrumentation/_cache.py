@@ -1,0 +1,221 @@
+"""mellea's ``ClientCache``, observed on the class: every instance, existing ones included.
+
+The wrappers call mellea's own methods and report what they did: ``get`` (hit or miss),
+``put`` (evicted or not) and, on mellea 0.8, ``get_or_create`` (a hit, or a miss that ran
+the factory; evicted or not). mellea 0.8 evicts inside ``_put_locked`` under its lock,
+for ``put`` and ``get_or_create`` alike, and returns the evicted pair: that private
+method is wrapped too, only to note that an eviction happened. On 0.6/0.7, which have no
+lock, an eviction is read off the cache just before ``put`` (a new key at capacity), as
+exact as mellea's own unlocked code.
+
+Each cache is named after the mellea module that first uses it (``mellea.openai`` for
+the OpenAI backend's), counted in thunkscope's shared cache counters under that name,
+and its size and capacity feed the ``thunkscope.cache.entry.*`` gauges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.trace import Span, Status, StatusCode
+
+from thunkscope import _events as events
+from thunkscope import _names as n
+from thunkscope._telemetry import CacheStats, report_failure, telemetry
+from thunkscope.instrumentation._stream import label_for_module
+
+Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+
+_SKIPPED_MODULES = ("wrapt", "thunkscope.instrumentation")
+_known: weakref.WeakKeyDictionary[Any, tuple[str, CacheStats]] = weakref.WeakKeyDictionary()
+_known_lock = threading.Lock()
+
+
+class _EvictionFlag(threading.local):
+    evicted = False
+
+
+_flag = _EvictionFlag()
+
+
+def _identify(cache: Any) -> tuple[str, CacheStats]:
+    """The name and shared counters of `cache`, named after its first caller's module."""
+    known = _known.get(cache)
+    if known is not None:
+        return known
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_SKIPPED_MODULES):
+        frame = frame.f_back  # type: ignore[assignment]
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
+    name = label_for_module(module)
+    stats = telemetry.stats_for_cache(name)
+    with _known_lock:
+        known = _known.setdefault(cache, (name, stats))
+    stats.caches.add(cache)
+    return known
+
+
+def _start(span_name: str, name: str) -> Span | None:
+    if not telemetry.cheap_span_wanted():
+        return None
+    try:
+        return telemetry.tracer.start_span(span_name, attributes={n.CACHE_NAME: name})
+    except Exception as exc:
+        report_failure("span start", exc)
+        return None
+
+
+def _report(
+    span: Span | None,
+    cache: Any,
+    name: str,
+    *,
+    result: str | None,
+    evicted: bool | None,
+    error: BaseException | None = None,
+) -> None:
+    """End the operation's span and log it, as thunkscope's own ClientCache does."""
+    size = len(cache.cache)
+    if span is not None:
+        try:
+            attributes: dict[str, Any] = {n.CACHE_SIZE: size}
+            if result is not None:
+                attributes[n.CACHE_RESULT] = result
+            if evicted is not None:
+                attributes[n.CACHE_EVICTED] = evicted
+            if error is not None:
+                attributes[n.ERROR_TYPE] = type(error).__qualname__
+                span.set_status(Status(StatusCode.ERROR, f"raised {type(error).__qualname__}"))
+            span.set_attributes(attributes)
+            if evicted:
+                span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: name})
+        except Exception as exc:
+            report_failure("span attributes", exc)
+        finally:
+            try:
+                span.end()
+            except Exception as exc:
+                report_failure("span end", exc)
+    if result == n.RESULT_HIT:
+        level, event = events.DEBUG, n.LOG_CACHE_HIT
+    elif result == n.RESULT_MISS:
+        level, event = events.INFO, n.LOG_CACHE_MISS
+    else:
+        level, event = events.DEBUG, n.LOG_CACHE_PUT
+    if events.enabled(level):
+        events.emit(level, event, cache=name, size=size, capacity=cache.capacity)
+    if evicted:
+        events.emit(events.INFO, n.LOG_CACHE_EVICTED, cache=name, size=size)
+
+
+def get_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``ClientCache.get``: mellea's lookup, then a hit or a miss (a cached None is a miss)."""
+    name, stats = _identify(instance)
+    span = _start(n.SPAN_CACHE_GET, name)
+    try:
+        value = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _report(span, instance, name, result=None, evicted=None, error=exc)
+        raise
+    if value is None:
+        stats.misses += 1
+        _report(span, instance, name, result=n.RESULT_MISS, evicted=None)
+    else:
+        stats.hits += 1
+        _report(span, instance, name, result=n.RESULT_HIT, evicted=None)
+    return value
+
+
+def make_put_wrapper(*, locked_evictions: bool) -> Wrapper:
+    """``ClientCache.put``; evictions from ``_put_locked`` (0.8) or read off the cache (0.7)."""
+
+    def put_wrapper(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        name, stats = _identify(instance)
+        span = _start(n.SPAN_CACHE_PUT, name)
+        previous = _flag.evicted
+        _flag.evicted = False
+        if not locked_evictions:
+            key = args[0] if args else kwargs.get("key")
+            cache = instance.cache
+            with contextlib.suppress(TypeError):  # an unhashable key: mellea raises below
+                _flag.evicted = key not in cache and len(cache) >= instance.capacity
+        try:
+            wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _flag.evicted = previous
+            _report(span, instance, name, result=None, evicted=None, error=exc)
+            raise
+        evicted = _flag.evicted
+        _flag.evicted = previous
+        if evicted:
+            stats.evictions += 1
+        _report(span, instance, name, result=None, evicted=evicted)
+
+    return put_wrapper
+
+
+def get_or_create_wrapper(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``ClientCache.get_or_create`` (0.8): a hit, or a miss that built a value."""
+    name, stats = _identify(instance)
+    span = _start(n.SPAN_CACHE_GET_OR_CREATE, name)
+    built = False
+    if len(args) >= 2:
+        key, factory = args[0], args[1]
+        rest_args: tuple[Any, ...] = args[2:]
+        rest_kwargs = kwargs
+    elif (args or "key" in kwargs) and "factory" in kwargs:
+        key = args[0] if args else kwargs["key"]
+        factory = kwargs["factory"]
+        rest_args = args[1:]
+        rest_kwargs = {k: v for k, v in kwargs.items() if k not in ("key", "factory")}
+    else:  # not a call mellea accepts: let it say so
+        if span is not None:
+            span.end()
+        return wrapped(*args, **kwargs)
+
+    def observed_factory() -> Any:
+        nonlocal built
+        built = True
+        return factory()
+
+    previous = _flag.evicted
+    _flag.evicted = False
+    try:
+        value = wrapped(key, observed_factory, *rest_args, **rest_kwargs)
+    except BaseException as exc:
+        _flag.evicted = previous
+        if built:
+            stats.misses += 1
+        _report(span, instance, name, result=n.RESULT_MISS if built else None, evicted=None,
+                error=exc)  # fmt: skip
+        raise
+    evicted = _flag.evicted
+    _flag.evicted = previous
+    if built:
+        stats.misses += 1
+    else:
+        stats.hits += 1
+    if evicted:
+        stats.evictions += 1
+    _report(span, instance, name, result=n.RESULT_MISS if built else n.RESULT_HIT,
+            evicted=evicted)  # fmt: skip
+    return value
+
+
+def put_locked_wrapper(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``ClientCache._put_locked`` (0.8, under mellea's lock): note an eviction, nothing more."""
+    evicted = wrapped(*args, **kwargs)
+    if evicted is not None:
+        _flag.evicted = True
+    return evicted

@@ -1,0 +1,353 @@
+"""mellea's own ``send_to_queue``, observed: thunkscope's span, metrics, logs and stall watch.
+
+mellea's function still does all the work: it awaits the response, enforces its own
+``chunk_timeout`` (and calls ``on_timeout``), puts the items, the sentinel or the error,
+and closes a stalled iterator. The wrapper only hands it an observed response in place
+of the raw one: a coroutine is awaited inside a thin coroutine, and an async iterator is
+handed over as `_ObservedIterator`, which stamps each item exactly as thunkscope's own
+stream loop does (`thunkscope._watch.StreamWatch`: one clock read and a few stores per
+item; the stall warning, the in-flight view and the end-of-stream record are the core's).
+
+How the stream ended is read back from what the observer saw:
+
+- the iterator ran out (or a single response arrived): ``completed``;
+- the response or the iterator raised: ``error`` (mellea forwarded it to the queue);
+- a wait for an item was cancelled and mellea then returned normally: mellea's
+  ``chunk_timeout`` fired, ``timeout``;
+- mellea's task was cancelled (``ModelOutputThunk.cancel_generation``): ``cancelled``.
+
+The queue (``aqueue`` in mellea 0.6/0.7, ``mot._gen.queue`` in 0.8) is only looked at,
+never touched: when it is full after an item, mellea's next ``put`` will block, and the
+time until mellea asks for the next item (or returns) is counted as put wait, apart from
+backend time, as thunkscope's own blocked puts are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Final
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace as trace_api
+
+from thunkscope import _events as events
+from thunkscope import _names as n
+from thunkscope import _stream as core_stream
+from thunkscope._telemetry import report_failure, telemetry
+from thunkscope._watch import (
+    AWAITING_ITEM,
+    BLOCKED_ON_PUT,
+    STALLED,
+    State,
+    StreamWatch,
+    backend_type_of,
+    new_stream_id,
+    note_producer,
+    register,
+    unregister,
+)
+from thunkscope.instrumentation import _ids
+
+# The attribute thunkscope's own send_to_queue puts on its `stream.timeout` event.
+CHUNK_TIMEOUT_ATTRIBUTE: Final = "thunkscope.stream.chunk_timeout"
+
+
+def label_for_module(module_name: str) -> str:
+    """The low-cardinality stream or cache name for code in `module_name`.
+
+    ``mellea.backends.openai`` gives ``mellea.openai``; anything else gives ``mellea``.
+    """
+    prefix = "mellea.backends."
+    if module_name.startswith(prefix):
+        backend = module_name[len(prefix) :].split(".", 1)[0]
+        if backend:
+            return f"mellea.{backend}"
+    return "mellea"
+
+
+def queue_of(target: object) -> Any:
+    """The queue mellea's producer feeds: the argument itself (0.6/0.7) or ``mot._gen.queue``."""
+    if callable(getattr(target, "put", None)):
+        return target
+    return getattr(getattr(target, "_gen", None), "queue", None)
+
+
+class _Observation:
+    """What one wrapped call saw of its stream; mellea's queue is read, never written."""
+
+    __slots__ = ("bounded", "cancelled", "error", "mode", "put_previous", "queue", "watch")
+
+    def __init__(self, watch: StreamWatch, queue: Any) -> None:
+        self.watch = watch
+        self.queue = queue
+        maxsize = getattr(queue, "maxsize", None)
+        self.bounded = (
+            isinstance(maxsize, int) and maxsize > 0 and callable(getattr(queue, "full", None))
+        )
+        self.mode: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.put_previous: State = AWAITING_ITEM
+
+    def response(self, response: Any) -> Any:
+        """The backend answered: an async iterator comes back observed, anything else as is."""
+        watch = self.watch
+        now = time.monotonic()
+        watch.backend_type = backend_type_of(response)
+        if isinstance(response, AsyncIterator):
+            self.mode = n.MODE_ITERATOR
+            watch.start_iterating(now)
+            return _ObservedIterator(response, self)
+        self.mode = n.MODE_SINGLE
+        watch.note_item(now)
+        watch.items = 1
+        self.before_put(now)
+        return response
+
+    def failed(self, exc: BaseException) -> None:
+        """The response or the iterator raised: mellea forwards it to the queue."""
+        self.error = exc
+        self.before_put(time.monotonic())
+
+    def before_put(self, now: float) -> None:
+        """mellea is about to put something: if the queue is full, the put will block."""
+        if self.bounded and self.queue.full():
+            watch = self.watch
+            self.put_previous = watch.state
+            watch.state = BLOCKED_ON_PUT
+            watch.put_started = now
+            watch.arm(now)
+
+    def after_put(self, now: float) -> None:
+        """mellea is past a put that was going to block: account the wait, as the core does."""
+        watch = self.watch
+        started = watch.put_started
+        if started is None:
+            return
+        watch.put_wait += now - started
+        watch.put_started = None
+        watch.backpressure_warned = False
+        watch.state = AWAITING_ITEM if self.put_previous == STALLED else self.put_previous
+        watch.last = now
+        watch.arm(now)
+
+
+class _ObservedIterator:
+    """The backend's async iterator as mellea sees it, each item stamped on the way through.
+
+    Every other attribute (``aclose``, ``close``, ...) is the underlying iterator's, so
+    mellea closes a stalled stream exactly as it would without thunkscope.
+    """
+
+    __slots__ = ("_anext", "_iterator", "_observation")
+
+    def __init__(self, response: AsyncIterator[Any], observation: _Observation) -> None:
+        iterator = aiter(response)
+        self._iterator = iterator
+        self._anext = iterator.__anext__
+        self._observation = observation
+
+    def __aiter__(self) -> _ObservedIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        observation = self._observation
+        watch = observation.watch
+        if watch.put_started is not None:
+            observation.after_put(time.monotonic())
+        try:
+            item = await self._anext()
+        except StopAsyncIteration:
+            observation.before_put(time.monotonic())  # the sentinel's put
+            raise
+        except asyncio.CancelledError:
+            observation.cancelled = True  # mellea's chunk_timeout, or the task cancelled
+            observation.before_put(time.monotonic())
+            raise
+        except BaseException as exc:
+            observation.failed(exc)
+            raise
+        now = time.monotonic()
+        if now - watch.last > watch.watermark:
+            watch.note_item(now)  # first item, a new longest gap, or the end of a stall
+        watch.last = now
+        watch.items += 1
+        if observation.bounded and observation.queue.full():
+            observation.before_put(now)
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._iterator, name)
+
+
+async def _observed_response(co: Coroutine[Any, Any, Any], observation: _Observation) -> Any:
+    try:
+        response = await co
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        observation.failed(exc)
+        raise
+    return observation.response(response)
+
+
+def _split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any] | None:
+    """``(co, target)`` from mellea's arguments, or None if they are not there."""
+    if args:
+        co = args[0]
+    elif "co" in kwargs:
+        co = kwargs["co"]
+    else:
+        return None
+    if len(args) > 1:
+        return co, args[1]
+    for key in ("aqueue", "mot"):
+        if key in kwargs:
+            return co, kwargs[key]
+    return None
+
+
+def _replace_co(
+    args: tuple[Any, ...], kwargs: dict[str, Any], co: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args:
+        return (co, *args[1:]), kwargs
+    return args, {**kwargs, "co": co}
+
+
+def make_send_to_queue_wrapper(
+    name: str, default_timeout: float | None
+) -> Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]:
+    """A wrapt wrapper for mellea's ``send_to_queue`` whose streams are called `name`."""
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return observe_send_to_queue(wrapped, args, kwargs, name, default_timeout)
+
+    return wrapper
+
+
+async def observe_send_to_queue(
+    wrapped: Callable[..., Coroutine[Any, Any, None]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    name: str,
+    default_timeout: float | None,
+) -> None:
+    """Run mellea's ``send_to_queue`` on an observed response, recording the stream."""
+    split = _split(args, kwargs)
+    if split is None:  # not a call mellea itself would accept: let it say so
+        await wrapped(*args, **kwargs)
+        return
+    co, target = split
+    chunk_timeout = kwargs.get("chunk_timeout", default_timeout)
+    queue = queue_of(target)
+
+    start = time.monotonic()
+    span = core_stream._start_span(name)
+    watch = StreamWatch(
+        stream_id=new_stream_id(),
+        name=name,
+        span=span,
+        timeout=None,  # mellea enforces its own chunk_timeout: the watch only warns
+        stall_after=telemetry.settings.stall_after,
+        now=start,
+    )
+    ids = _ids.context_ids()
+    generation = _ids.generation_id(target)
+    if generation is not None:
+        ids[_ids.GENERATION_ID] = generation
+    if span.is_recording():
+        span.set_attribute(n.STREAM_ID, watch.stream_id)
+        span.set_attributes(ids)
+    token = (
+        otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
+    )
+    register(watch)
+    if queue is not None:
+        note_producer(queue, watch)
+    telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
+    log_ids = _ids.log_fields(ids)
+    events.emit(
+        events.DEBUG, n.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name, **log_ids
+    )
+
+    observation = _Observation(watch, queue)
+    observed: Any
+    if isinstance(co, Coroutine):
+        watch.backend_type = backend_type_of(co)
+        observed = _observed_response(co, observation)
+    else:
+        observed = observation.response(co)
+    args, kwargs = _replace_co(args, kwargs, observed)
+
+    outcome = n.OUTCOME_COMPLETED
+    error: BaseException | None = None
+    # The stall, resume and final events of the core carry mellea's ids too wherever the
+    # application's structlog merges context variables (structlog's default does).
+    with structlog.contextvars.bound_contextvars(**log_ids):
+        watch.arm(start)
+        try:
+            await wrapped(*args, **kwargs)
+        except asyncio.CancelledError as exc:
+            outcome, error = n.OUTCOME_CANCELLED, exc
+            raise
+        except BaseException as exc:  # mellea itself raised, e.g. 0.8 given a bare queue
+            outcome, error = n.OUTCOME_ERROR, exc
+            raise
+        else:
+            if observation.error is not None:
+                outcome, error = n.OUTCOME_ERROR, observation.error
+            elif observation.cancelled:
+                outcome = n.OUTCOME_TIMEOUT
+                error = TimeoutError(
+                    f"mellea's stream guard: no chunk within chunk_timeout={chunk_timeout}s"
+                )
+        finally:
+            _close_unstarted(observed)
+            observation.after_put(time.monotonic())
+            watch.disarm()
+            unregister(watch)
+            _end(watch, observation, outcome, error, target, chunk_timeout)
+            if token is not None:
+                otel_context.detach(token)
+
+
+def _end(
+    watch: StreamWatch,
+    observation: _Observation,
+    outcome: str,
+    error: BaseException | None,
+    target: object,
+    chunk_timeout: object,
+) -> None:
+    """The events thunkscope's own send_to_queue adds on the way out, then the core's record."""
+    span = watch.span
+    try:
+        if span.is_recording():
+            generation = _ids.generation_id(target)
+            if generation is not None:
+                span.set_attribute(_ids.GENERATION_ID, generation)
+            if outcome == n.OUTCOME_COMPLETED:
+                span.add_event(n.EVENT_SENTINEL, {n.STREAM_ITEMS: watch.items})
+            elif outcome == n.OUTCOME_ERROR and observation.error is not None:
+                span.add_event(
+                    n.EVENT_ERROR_FORWARDED, core_stream._error_attributes(observation.error)
+                )
+            elif outcome == n.OUTCOME_TIMEOUT:
+                seconds = chunk_timeout if isinstance(chunk_timeout, int | float) else 0.0
+                span.add_event(n.EVENT_TIMEOUT, {CHUNK_TIMEOUT_ATTRIBUTE: float(seconds)})
+    except Exception as exc:
+        report_failure("mellea stream events", exc)
+    if outcome == n.OUTCOME_TIMEOUT and isinstance(chunk_timeout, int | float):
+        watch.timeout = float(chunk_timeout)  # for the status description; the watch is off
+    core_stream._finish(watch, observation.mode, outcome, error, time.monotonic())
+
+
+def _close_unstarted(observed: Any) -> None:
+    """Close our wrapper coroutine if mellea never awaited it (mellea raised first)."""
+    if inspect.iscoroutine(observed) and inspect.getcoroutinestate(observed) == "CORO_CREATED":
+        observed.close()
