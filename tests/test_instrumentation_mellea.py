@@ -493,6 +493,70 @@ class TestStreams:
         assert n.STREAM_DURATION.name in collected
         assert _telemetry.telemetry.own_providers is False  # uninstrument() let them go
 
+    def test_inflight_shows_a_stalled_mellea_stream(self, session: Any, telemetry: Any) -> None:
+        """While mellea's stream stalls, thunkscope.inflight() shows it, named after the backend."""
+        import threading
+
+        import thunkscope
+
+        _telemetry.telemetry.settings.stall_after = 0.05
+        replies: list[Any] = []
+        worker = threading.Thread(
+            target=lambda: replies.append(
+                session.chat("hello [stall:0.4]", model_options=_options())
+            )
+        )
+        worker.start()
+        deadline = time.monotonic() + 3.0
+        snapshot: dict[str, Any] | None = None
+        while snapshot is None and time.monotonic() < deadline:
+            stalled = [s for s in thunkscope.inflight() if s["state"] == "stalled"]
+            snapshot = stalled[0] if stalled else None
+            time.sleep(0.01)
+        worker.join(5.0)
+        assert snapshot is not None
+        assert snapshot["name"] == "mellea.openai"
+        assert snapshot["items"] == 1
+        assert snapshot["backend_type"] == "AsyncStream"
+        assert snapshot["trace_id"] is not None
+        assert replies[0].content == "Hello, world!"
+        assert thunkscope.inflight() == []
+
+    def test_logger_provider_receives_warnings(
+        self, mellea: Any, telemetry: Any, fake_openai: FakeOpenAI
+    ) -> None:
+        """With logger_provider=, thunkscope's warnings become OTel log records on its span."""
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import (
+            InMemoryLogRecordExporter,
+            SimpleLogRecordProcessor,
+        )
+
+        from support.mellea_session import openai_session
+
+        exporter = InMemoryLogRecordExporter()
+        logger_provider = LoggerProvider()
+        logger_provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+        instrumentor = MelleaInstrumentor()
+        instrumentor.instrument(logger_provider=logger_provider)
+        try:
+            with openai_session(fake_openai.base_url) as mellea_session:
+                import openai
+
+                with pytest.raises(openai.InternalServerError):
+                    mellea_session.chat("x [fail:500]", model_options=_options())
+        finally:
+            instrumentor.uninstrument()
+            logger_provider.shutdown()
+        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        records = [r.log_record for r in exporter.get_finished_logs()]
+        (record,) = [r for r in records if r.body == n.LOG_STREAM_ERROR_FORWARDED]
+        assert record.severity_text == "WARNING"
+        assert record.trace_id == span.context.trace_id
+        assert record.span_id == span.context.span_id
+        assert dict(record.attributes or {})["error_type"] == "InternalServerError"
+        assert dict(record.attributes or {})["stream"] == "mellea.openai"
+
     def test_after_uninstrument_nothing_is_recorded(
         self, mellea: Any, telemetry: Any, fake_openai: FakeOpenAI
     ) -> None:
