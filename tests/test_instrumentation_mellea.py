@@ -902,6 +902,16 @@ def _instrument_command() -> list[str]:
 class TestAutoInstrumentation:
     """``opentelemetry-instrument`` instruments a mellea program with no code change."""
 
+    def test_entry_point_is_registered(self) -> None:
+        """thunkscope's distribution names the instrumentor where auto-instrumentation looks."""
+        from importlib.metadata import entry_points
+
+        found = [e.value for e in entry_points(group="opentelemetry_instrumentor", name="mellea")]
+        assert found == ["thunkscope.instrumentation:MelleaInstrumentor"], (
+            "pyproject.toml must declare [project.entry-points.opentelemetry_instrumentor] "
+            'mellea = "thunkscope.instrumentation:MelleaInstrumentor" (then reinstall)'
+        )
+
     def _run(self, tmp_path: Path, rotel: Any, base_url: str, **env: str) -> str:
         app = tmp_path / "app.py"
         app.write_text(APP)
