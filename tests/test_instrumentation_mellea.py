@@ -784,6 +784,26 @@ class TestDirectCalls:
             assert outcome == "error"
         assert dict(span.attributes or {})[n.STREAM_NAME] == "mellea"
 
+    async def test_old_convention_on_08_fails_as_mellea_does(
+        self, instrumented: MelleaInstrumentor, telemetry: Any
+    ) -> None:
+        """On 0.8 a bare queue raises mellea's AttributeError out of the call, recorded as error."""
+        if not _is_08():
+            pytest.skip("mellea 0.8 only: older releases take the queue")
+        from mellea.helpers import async_helpers
+
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        co = _coroutine("never sent")
+        with pytest.raises(AttributeError, match="_gen"):
+            await async_helpers.send_to_queue(co, queue)
+        co.close()  # mellea leaves it un-awaited; so does the wrapper
+        assert queue.empty()
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        attributes = dict(span.attributes or {})
+        assert attributes[n.STREAM_OUTCOME] == "error"
+        assert attributes[n.ERROR_TYPE] == "AttributeError"
+        assert _events(span) == []
+
     async def test_put_wait_on_a_full_queue(
         self, instrumented: MelleaInstrumentor, telemetry: Any
     ) -> None:
