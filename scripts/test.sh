@@ -6,10 +6,14 @@ cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh test,dev
 bash scripts/install-stack-tools.sh
-if [ -f scripts/install-mellea-envs.sh ]; then
-  bash scripts/install-mellea-envs.sh
-fi
+bash scripts/install-mellea-envs.sh
 
 .venv/bin/ruff check src tests benchmarks dashboards
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+
+# The core suite, then the mellea instrumentation in each mellea environment: every test
+# runs in exactly one place, so none of them is skipped.
+.venv/bin/python -m pytest -m "not mellea and not mellea08" "$@"
+mellea_tests=(tests/test_instrumentation_mellea.py tests/test_fake_openai.py)
+.venv-mellea08/bin/python -m pytest -m "mellea" "${mellea_tests[@]}" "$@"
+.venv-mellea07/bin/python -m pytest -m "mellea and not mellea08" "${mellea_tests[@]}" "$@"

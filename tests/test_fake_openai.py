@@ -219,6 +219,7 @@ class TestOtherRequests:
         assert fake_openai.base_url == f"{fake_openai.url}v1"
 
 
+@pytest.mark.mellea
 class TestWithMellea:
     """A real mellea session, with its OpenAI backend, streams from the server."""
 

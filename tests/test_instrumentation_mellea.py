@@ -39,7 +39,7 @@ from thunkscope.instrumentation import _ids as ids
 from thunkscope.instrumentation._mellea import INSTALL_HINT
 
 HAVE_MELLEA = importlib.util.find_spec("mellea") is not None
-needs_mellea = pytest.mark.skipif(not HAVE_MELLEA, reason="mellea is not installed here")
+needs_mellea = pytest.mark.mellea  # CI runs these in the mellea environments
 
 HELPER_NAMES = ("send_to_queue", "wait_for_all_mots", "get_current_event_loop")
 CACHE_METHODS = ("get", "put", "get_or_create", "_put_locked")
@@ -220,7 +220,7 @@ class TestWithoutMellea:
         assert info.value.name == "mellea"
         assert not MelleaInstrumentor().is_instrumented_by_opentelemetry
 
-    @pytest.mark.skipif(HAVE_MELLEA, reason="mellea is installed here")
+    @pytest.mark.without_mellea
     def test_missing_mellea_for_real(self) -> None:
         """In an environment without mellea the same error comes from the real lookup."""
         with pytest.raises(ModuleNotFoundError, match=r"thunkscope\[instruments\]"):
@@ -784,12 +784,11 @@ class TestDirectCalls:
             assert outcome == "error"
         assert dict(span.attributes or {})[n.STREAM_NAME] == "mellea"
 
+    @pytest.mark.mellea08
     async def test_old_convention_on_08_fails_as_mellea_does(
         self, instrumented: MelleaInstrumentor, telemetry: Any
     ) -> None:
         """On 0.8 a bare queue raises mellea's AttributeError out of the call, recorded as error."""
-        if not _is_08():
-            pytest.skip("mellea 0.8 only: older releases take the queue")
         from mellea.helpers import async_helpers
 
         queue: asyncio.Queue[Any] = asyncio.Queue()

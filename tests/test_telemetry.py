@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import structlog
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 from opentelemetry.trace import SpanKind, StatusCode
@@ -15,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from conftest import Telemetry
 from thunkscope import (
     ClientCache,
+    _events,
     get_current_event_loop,
     send_to_queue,
     wait_for_all_mots,
@@ -513,3 +515,23 @@ class TestLogEvents:
         assert [r.getMessage().split(" ")[0] for r in caplog.records if r.name == "thunkscope"] == [
             n.LOG_STREAM_ERROR_FORWARDED
         ]
+
+
+class TestUnderAutoInstrumentation:
+    async def test_structlog_set_up_only_by_otel_stays_on_stdlib(
+        self, stdlib_records: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """structlog configured only by the OTel structlog instrumentation is not the app's."""
+        from opentelemetry.instrumentation.structlog import StructlogInstrumentor
+
+        instrumentor = StructlogInstrumentor()
+        instrumentor.instrument()
+        try:
+            await send_to_queue(agen(1), asyncio.Queue(), name="auto")
+            structlog.configure(processors=[structlog.testing.LogCapture()])  # now the app's
+            assert _events.enabled(_events.DEBUG) is True
+        finally:
+            instrumentor.uninstrument()
+        assert capsys.readouterr().out == ""
+        messages = [r.getMessage().split(" ")[0] for r in stdlib_records.records]
+        assert messages == [n.LOG_STREAM_STARTED, n.LOG_STREAM_FIRST_ITEM, n.LOG_STREAM_COMPLETED]

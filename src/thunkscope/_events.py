@@ -12,6 +12,7 @@ emitter itself so they are there whatever processors the application configured.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Final
 
 import structlog
@@ -45,9 +46,28 @@ _level_cache: dict[int, bool] | None = getattr(_stdlib, "_cache", None)
 
 
 def _structlog_configured() -> bool:
+    """Whether the application configured structlog (so our events use its processors)."""
     if _structlog_config is None:  # pragma: no cover
-        return structlog.is_configured()
-    return bool(_structlog_config.is_configured)
+        configured = structlog.is_configured()
+    else:
+        configured = bool(_structlog_config.is_configured)
+    return configured and not _configured_only_by_otel_auto_instrumentation()
+
+
+def _configured_only_by_otel_auto_instrumentation() -> bool:
+    """Whether structlog counts as configured only because the OTel structlog
+    instrumentation (loaded by ``opentelemetry-instrument``) reconfigured its defaults.
+
+    Its defaults print every level to stdout; an application that never set structlog
+    up must not see thunkscope's debug events there, so they stay on the stdlib path.
+    """
+    module = sys.modules.get("opentelemetry.instrumentation.structlog")
+    instrumentor = getattr(module, "StructlogInstrumentor", None)
+    return (
+        instrumentor is not None
+        and getattr(instrumentor, "_processor", None) is not None
+        and getattr(instrumentor, "_is_configured_by_app", True) is False
+    )
 
 
 def enabled(level: int) -> bool:

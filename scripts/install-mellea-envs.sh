@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The environments the mellea instrumentation is tested in: .venv-mellea08 (mellea 0.8.0,
+# the thunk calling convention) and .venv-mellea07 (mellea 0.7.0, the queue convention).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for pair in 08:0.8.0 07:0.7.0; do
+  tag="${pair%%:*}"
+  version="${pair##*:}"
+  venv=".venv-mellea${tag}"
+  [ -x "$venv/bin/python" ] || .venv/bin/python -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  # opentelemetry-distro 0.66b1 keeps opentelemetry-instrumentation at the version the
+  # structlog instrumentation pins; 0.66b2 would break `pip check`.
+  "$venv/bin/python" -m pip install --quiet "mellea==${version}" -e ".[test]" \
+    "opentelemetry-distro==0.66b1"
+done
