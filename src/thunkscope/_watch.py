@@ -232,20 +232,29 @@ class StreamWatch:
 
     async def blocked_put(self, put: Any, item: object) -> None:
         """Put on a full queue: consumer backpressure, not a stall, and not backend time."""
-        previous = self.state
-        self.state = BLOCKED_ON_PUT
-        started = self.put_started = time.monotonic()
-        self.arm(started)
+        previous = self.begin_put(time.monotonic())
         try:
             await put(item)
         finally:
-            ended = time.monotonic()
-            self.put_wait += ended - started
-            self.put_started = None
-            self.backpressure_warned = False
-            self.state = AWAITING_ITEM if previous == STALLED else previous
-            self.last = ended
-            self.arm(ended)
+            self.end_put(time.monotonic(), previous)
+
+    def begin_put(self, now: float) -> State:
+        """A put is about to block on a full queue; returns the state to go back to."""
+        previous = self.state
+        self.state = BLOCKED_ON_PUT
+        self.put_started = now
+        self.arm(now)
+        return previous
+
+    def end_put(self, now: float, previous: State) -> None:
+        """The blocked put is done: count its wait apart and restart the item clock."""
+        if self.put_started is not None:
+            self.put_wait += now - self.put_started
+        self.put_started = None
+        self.backpressure_warned = False
+        self.state = AWAITING_ITEM if previous == STALLED else previous
+        self.last = now
+        self.arm(now)
 
     # -- stall, resume, backpressure -----------------------------------------------------------
 

@@ -40,8 +40,6 @@ from thunkscope import _stream as core_stream
 from thunkscope._telemetry import report_failure, telemetry
 from thunkscope._watch import (
     AWAITING_ITEM,
-    BLOCKED_ON_PUT,
-    STALLED,
     State,
     StreamWatch,
     backend_type_of,
@@ -116,24 +114,12 @@ class _Observation:
     def before_put(self, now: float) -> None:
         """mellea is about to put something: if the queue is full, the put will block."""
         if self.bounded and self.queue.full():
-            watch = self.watch
-            self.put_previous = watch.state
-            watch.state = BLOCKED_ON_PUT
-            watch.put_started = now
-            watch.arm(now)
+            self.put_previous = self.watch.begin_put(now)
 
     def after_put(self, now: float) -> None:
         """mellea is past a put that was going to block: account the wait, as the core does."""
-        watch = self.watch
-        started = watch.put_started
-        if started is None:
-            return
-        watch.put_wait += now - started
-        watch.put_started = None
-        watch.backpressure_warned = False
-        watch.state = AWAITING_ITEM if self.put_previous == STALLED else self.put_previous
-        watch.last = now
-        watch.arm(now)
+        if self.watch.put_started is not None:
+            self.watch.end_put(now, self.put_previous)
 
 
 class _ObservedIterator:
