@@ -316,7 +316,7 @@ class TestOneTimer:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         await send_to_queue(fast(10_000), queue, chunk_timeout=30.0, stall_after=10.0)
         assert queue.qsize() == 10_001
-        assert len(timers) == 2  # one when the stream starts, one when the answer arrives
+        assert len(timers) == 1  # the iterator is the answer: one timer, from its first wait
 
     async def test_deadline_and_stall_share_the_timer(self, timers: list[float]) -> None:
         """While items flow, the one timer is set to the nearer of stall_after and chunk_timeout."""

@@ -296,6 +296,25 @@ class TestChunkTimeout:
         assert drain(queue) == ["first"]
 
 
+class TestQueues:
+    async def test_overridden_put_gets_every_item(self) -> None:
+        """A queue subclass whose put() is overridden sees every item and the sentinel."""
+
+        class Recording(asyncio.Queue[Any]):
+            def __init__(self) -> None:
+                super().__init__()
+                self.through_put: list[Any] = []
+
+            async def put(self, item: Any) -> None:
+                self.through_put.append(item)
+                await super().put(item)
+
+        queue = Recording()
+        await send_to_queue(agen(1, 2, 3), queue)
+        assert queue.through_put == [1, 2, 3, None]
+        assert drain(queue) == [1, 2, 3, None]
+
+
 class TestBackpressure:
     async def test_slow_consumer_does_not_trip_chunk_timeout(self) -> None:
         """Time blocked on a full bounded queue does not count against chunk_timeout."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace as trace_api
 from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 
@@ -32,37 +33,40 @@ async def wait_for_all_mots(mots: Iterable[Any]) -> None:
     Returns None. The first exception propagates (the other thunks keep running, as
     with `gather`). Any iterable of objects with an awaitable ``avalue()`` works.
     """
-    thunks = _checked(mots)
-    span = _start_span(len(thunks))
+    avalues = _checked(mots)
+    size = len(avalues)
+    span = _start_span(size)
     start = time.monotonic()
     error: BaseException | None = None
-    with trace_api.use_span(
-        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-    ):
+    token = otel_context.attach(trace_api.set_span_in_context(span))
+    try:
+        await asyncio.gather(*[avalue() for avalue in avalues])
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
         try:
-            await asyncio.gather(*(thunk.avalue() for thunk in thunks))
-        except BaseException as exc:
-            error = exc
-            raise
+            _finish(span, size, error, time.monotonic() - start)
         finally:
-            _finish(span, len(thunks), error, time.monotonic() - start)
+            otel_context.detach(token)
 
 
-def _checked(mots: Iterable[Any]) -> list[Any]:
-    """The thunks as a list; a TypeError naming the culprit before anything is awaited."""
+def _checked(mots: Iterable[Any]) -> list[Callable[[], Awaitable[Any]]]:
+    """Each thunk's bound ``avalue``; a TypeError naming the culprit before anything is awaited."""
     try:
         thunks = list(mots)
     except TypeError:
         raise TypeError(
             f"mots must be an iterable of model output thunks, got {type(mots).__name__}"
         ) from None
-    for index, thunk in enumerate(thunks):
-        if not callable(getattr(thunk, "avalue", None)):
-            raise TypeError(
-                f"mots[{index}] has no avalue() method: got {type(thunk).__qualname__}; "
-                "wait_for_all_mots expects model output thunks"
-            )
-    return thunks
+    avalues: list[Any] = [getattr(thunk, "avalue", None) for thunk in thunks]
+    if not all(map(callable, avalues)):
+        index = next(i for i, avalue in enumerate(avalues) if not callable(avalue))
+        raise TypeError(
+            f"mots[{index}] has no avalue() method: got {type(thunks[index]).__qualname__}; "
+            "wait_for_all_mots expects model output thunks"
+        )
+    return avalues
 
 
 def _start_span(size: int) -> Span:
@@ -111,6 +115,8 @@ def _finish(span: Span, size: int, error: BaseException | None, duration: float)
         instruments.gather_size.record(size)
     except Exception as exc:
         report_failure("gather metrics", exc)
+    if not events.enabled(events.INFO if error_type is None else events.WARNING):
+        return
     fields: dict[str, Any] = {"size": size, "outcome": outcome, "duration_s": round(duration, 6)}
     ctx = span.get_span_context()
     if ctx.is_valid:

@@ -105,33 +105,36 @@ async def send_to_queue(
         return
 
     start = time.monotonic()
-    span = _start_span(name)
+    stream_id = new_stream_id()
+    span = _start_span(name, stream_id)
     watch = StreamWatch(
-        stream_id=new_stream_id(),
+        stream_id=stream_id,
         name=name,
         span=span,
         timeout=timeout,
         stall_after=stall,
         now=start,
     )
-    if span.is_recording():
-        span.set_attribute(n.STREAM_ID, watch.stream_id)
     token = (
         otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
     )
     register(watch)
     note_producer(aqueue, watch)
     telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
-    events.emit(events.DEBUG, n.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name)
+    if events.enabled(events.DEBUG):
+        events.emit(events.DEBUG, n.LOG_STREAM_STARTED, stream_id=stream_id, stream=name)
 
     mode: str | None = None
     outcome = n.OUTCOME_COMPLETED
     error: BaseException | None = None
     response: Any = None
     try:
-        watch.backend_type = backend_type_of(co)
-        watch.arm(start)
-        response = await co if isinstance(co, Coroutine) else co
+        if isinstance(co, Coroutine):  # only a response still to come needs watching
+            watch.backend_type = backend_type_of(co)
+            watch.arm(start)
+            response = await co
+        else:
+            response = co
         watch.backend_type = backend_type_of(response)
         if isinstance(response, AsyncIterator):
             mode = n.MODE_ITERATOR
@@ -187,6 +190,9 @@ async def _pump(
 ) -> None:
     """The hot loop: one clock read, a comparison and two stores per item."""
     put = aqueue.put
+    # asyncio.Queue.put is put_nowait when the queue has room: call that directly and
+    # spare a coroutine per item (a queue whose put is overridden gets its own put).
+    put_nowait = aqueue.put_nowait if _stock_put(aqueue) else None
     bounded = _is_bounded(aqueue)
     clock = time.monotonic
     async for item in iterator:
@@ -197,8 +203,15 @@ async def _pump(
         watch.items += 1
         if bounded and aqueue.full():
             await watch.blocked_put(put, item)
+        elif put_nowait is not None:
+            put_nowait(item)
         else:
             await put(item)
+
+
+def _stock_put(aqueue: Any) -> bool:
+    """Whether `aqueue.put` is asyncio.Queue's own, which only waits while the queue is full."""
+    return isinstance(aqueue, asyncio.Queue) and type(aqueue).put is asyncio.Queue.put
 
 
 def _is_bounded(aqueue: Any) -> bool:
@@ -281,14 +294,15 @@ def _close_unawaited(co: object) -> None:
         co.close()
 
 
-def _start_span(name: str) -> Span:
+def _start_span(name: str, stream_id: str | None = None) -> Span:
     if not telemetry.tracing():
         return INVALID_SPAN
+    attributes = {n.STREAM_NAME: name}
+    if stream_id is not None:  # known before the span: one attribute pass, not two
+        attributes[n.STREAM_ID] = stream_id
     try:
         return telemetry.tracer.start_span(
-            n.SPAN_SEND_TO_QUEUE,
-            kind=SpanKind.PRODUCER,
-            attributes={n.STREAM_NAME: name},
+            n.SPAN_SEND_TO_QUEUE, kind=SpanKind.PRODUCER, attributes=attributes
         )
     except Exception as exc:
         report_failure("span start", exc)
@@ -354,6 +368,8 @@ def _finish(
     except Exception as exc:
         report_failure("stream metrics", exc)
     level, event = _LOG_BY_OUTCOME[outcome]
+    if not events.enabled(level):
+        return
     fields: dict[str, Any] = {
         "stream_id": watch.stream_id,
         "stream": watch.name,

@@ -205,14 +205,15 @@ class StreamWatch:
             try:
                 if self.span.is_recording():
                     self.span.add_event(n.EVENT_FIRST_ITEM)
-                events.emit(
-                    events.DEBUG,
-                    n.LOG_STREAM_FIRST_ITEM,
-                    stream_id=self.stream_id,
-                    stream=self.name,
-                    time_to_first_item_s=round(now - self.started, 6),
-                    **_ids_of(self.span),
-                )
+                if events.enabled(events.DEBUG):
+                    events.emit(
+                        events.DEBUG,
+                        n.LOG_STREAM_FIRST_ITEM,
+                        stream_id=self.stream_id,
+                        stream=self.name,
+                        time_to_first_item_s=round(now - self.started, 6),
+                        **_ids_of(self.span),
+                    )
             except Exception as exc:
                 report_failure("stream watch", exc)
         else:
