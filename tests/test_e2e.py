@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,22 +14,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from support.collectors import OtelTapCollector, RotelCollector
+from support.faulty import run_python
 from thunkscope import _names as n
 from thunkscope import send_to_queue
 from thunkscope._telemetry import use_providers
-
-
-def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run `code` in a fresh interpreter (OTel globals are once per process); return stdout."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -116,6 +102,7 @@ class TestConfigure:
             handle = thunkscope.configure(log_level="debug")
             asyncio.run(main())
             handle.shutdown()
+            print("{}")
             """,
             env={
                 "OTEL_SERVICE_NAME": "cfg-service",
@@ -148,6 +135,7 @@ class TestConfigure:
             handle = thunkscope.configure(service_name="grpc-service", log_format=None)
             asyncio.run(thunkscope.send_to_queue("one", asyncio.Queue(), name="grpc"))
             handle.shutdown()
+            print("{}")
             """,
             env={
                 "OTEL_EXPORTER_OTLP_ENDPOINT": rotel.grpc_endpoint,
@@ -157,41 +145,6 @@ class TestConfigure:
         (span,) = rotel.wait_for_spans(count=1, name=n.SPAN_SEND_TO_QUEUE)
         assert span["service_name"] == "grpc-service"
         assert span["attributes"][n.STREAM_MODE] == n.MODE_SINGLE
-
-    def test_keeps_a_provider_the_application_set(self) -> None:
-        """configure() warns and keeps a tracer provider set before it."""
-        out = run_python(
-            """
-            import logging, sys
-            from opentelemetry import trace
-            from opentelemetry.sdk.trace import TracerProvider
-            import thunkscope
-            logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="%(message)s")
-            mine = TracerProvider()
-            trace.set_tracer_provider(mine)
-            handle = thunkscope.configure(endpoint="http://127.0.0.1:9", log_format=None)
-            print("kept", trace.get_tracer_provider() is mine, handle.tracer_provider is None)
-            handle.shutdown(timeout_s=1)
-            """
-        )
-        assert "kept True True" in out
-        assert "a global tracer provider is already set; keeping it" in out
-
-    def test_sdk_disabled(self) -> None:
-        """OTEL_SDK_DISABLED=true sets up nothing, and the helpers still work."""
-        out = run_python(
-            """
-            import asyncio
-            from opentelemetry import trace
-            import thunkscope
-            handle = thunkscope.configure(log_format=None)
-            q = asyncio.Queue()
-            asyncio.run(thunkscope.send_to_queue("x", q))
-            print(handle.tracer_provider, q.qsize(), type(trace.get_tracer_provider()).__name__)
-            """,
-            env={"OTEL_SDK_DISABLED": "true"},
-        )
-        assert out.split() == ["None", "2", "ProxyTracerProvider"]
 
 
 async def tokens(*items: str) -> AsyncIterator[str]:
