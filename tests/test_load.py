@@ -1,11 +1,13 @@
-"""Load against a real collector, and the cost of a ClientCache hit with no SDK.
+"""Load against a real collector: nothing lost, memory bounded, no waiting on telemetry.
 
 1,000 concurrent streams of 1,000 items each run twice in one fresh interpreter: first
 with no telemetry, then with ``configure()`` exporting to rotel. Every item must arrive
 in order, rotel must receive exactly one span per stream, the run with telemetry must
 take at most `LOAD_SLOWDOWN_LIMIT` times the run without, and memory must stay bounded:
 a second telemetry run may not raise the peak resident set by more than
-`STEADY_GROWTH_LIMIT_MB` (nothing accumulates per stream or per item).
+`STEADY_GROWTH_LIMIT_MB` (nothing accumulates per stream or per item). The slowdown
+bound is issue 7's "no helper waits on telemetry" (waiting would cost seconds per export);
+the cost figures themselves are measured by benchmarks/bench.py, not asserted here.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ ITEMS = 1_000
 LOAD_SLOWDOWN_LIMIT = 3.0
 TELEMETRY_MEMORY_LIMIT_MB = 100.0
 STEADY_GROWTH_LIMIT_MB = 16.0
-
-HIT_TARGET = 2.0
-HIT_LIMIT = 2.5  # the target, plus headroom for a loaded machine
 
 LOAD = r"""
 import asyncio, json, os, resource, time
@@ -82,44 +81,6 @@ print(json.dumps({
 }))
 """
 
-HIT_COST = r"""
-import asyncio, json, statistics, timeit
-from collections import OrderedDict
-from thunkscope import ClientCache
-
-class PlainLRU:
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.cache = OrderedDict()
-
-    def get(self, key):
-        try:
-            self.cache.move_to_end(key)
-            return self.cache[key]
-        except KeyError:
-            return None
-
-plain, ours = PlainLRU(4), ClientCache(4, name="hit-cost")
-
-async def fill():
-    key = id(asyncio.get_running_loop())  # keyed like mellea's backends: the loop's id
-    plain.cache[key] = ours.put(key, "client") or "client"
-    return key
-
-loop = asyncio.new_event_loop()
-key = loop.run_until_complete(fill())
-assert ours.get(key) == plain.get(key) == "client"
-number, plain_ns, ours_ns = 100_000, [], []
-for _ in range(30):  # interleaved, so both see the same machine load
-    for get, into in ((plain.get, plain_ns), (ours.get, ours_ns)):
-        seconds = timeit.timeit("get(key)", globals={"get": get, "key": key}, number=number)
-        into.append(seconds / number * 1e9)
-loop.close()
-print(json.dumps({"plain": min(plain_ns), "ours": min(ours_ns),
-                  "plain_median": statistics.median(plain_ns),
-                  "ours_median": statistics.median(ours_ns)}))
-"""
-
 
 @pytest.mark.slow
 class TestThousandStreams:
@@ -142,14 +103,3 @@ class TestThousandStreams:
         assert slowest <= LOAD_SLOWDOWN_LIMIT * result["off"], result
         assert result["peak_on"] - result["peak_off"] <= TELEMETRY_MEMORY_LIMIT_MB, result
         assert result["peak_on_again"] - result["peak_on"] <= STEADY_GROWTH_LIMIT_MB, result
-
-
-class TestCacheHitCost:
-    def test_hit_close_to_a_plain_ordered_dict_lru(self) -> None:
-        """With no SDK configured, a hit costs at most about twice a plain OrderedDict LRU get."""
-        result = run_python(HIT_COST)
-        ratio = result["ours"] / result["plain"]
-        assert ratio <= HIT_LIMIT, (
-            f"ClientCache.get hit {result['ours']:.0f} ns vs plain LRU {result['plain']:.0f} ns: "
-            f"{ratio:.2f}x (target {HIT_TARGET}x)"
-        )
