@@ -35,15 +35,19 @@ class TestDemo:
         result = run_demo("--json")
         assert result.returncode == 0, result.stderr
         summary = json.loads(result.stdout)
-        assert summary["streams"]["timeout"] == 1
-        assert summary["streams"]["error"] == 1
-        assert summary["streams"]["completed"] >= 10
-        assert summary["stalls"] == 1
-        assert summary["cache"]["miss"] == 3 * summary["rounds"]  # three loops, capacity 2
-        assert summary["cache"]["evictions"] >= 1
-        assert summary["cache"]["hit"] > summary["cache"]["miss"]
-        assert summary["gathers"] == 4 * summary["rounds"]  # three loops + one failing gather
-        assert 0 < summary["ttfi_mean_s"] <= summary["ttfi_max_s"] < 1
+        ttfi_mean, ttfi_max = summary.pop("ttfi_mean_s"), summary.pop("ttfi_max_s")
+        # One round (it outlasts 0.2 s): on each of three loops 4 streams and a single
+        # answer; on the first also a stall into chunk_timeout, a broken stream, a slow
+        # reader and a failing gather. The cache (capacity 2) misses once per loop and
+        # evicts for the third; every other client lookup hits.
+        assert summary == {
+            "rounds": 1,
+            "streams": {"completed": 16, "error": 1, "timeout": 1},
+            "stalls": 1,
+            "gathers": 4,
+            "cache": {"hit": 13, "miss": 3, "evictions": 1},
+        }
+        assert 0 < ttfi_mean <= ttfi_max < 1
 
     def test_human_summary(self) -> None:
         """The default output is a table a person can read at a glance."""
@@ -72,7 +76,7 @@ class TestDemo:
         assert rotel.spans_named(n.SPAN_CACHE_GET)
         assert rotel.spans_named(n.SPAN_WAIT_FOR_ALL_MOTS)
         evictions = rotel.wait_for_point(n.CACHE_EVICTIONS.name, {n.CACHE_NAME: "demo-llm-clients"})
-        assert evictions["value"] >= 1
+        assert evictions["value"] == 1
         assert evictions["monotonic"] is True
         durations = rotel.wait_for_point(n.STREAM_DURATION.name, {n.STREAM_OUTCOME: "timeout"})
         assert (durations["type"], durations["unit"], durations["count"]) == ("Histogram", "s", 1)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import thunkscope
-from thunkscope import DEFAULT_CHUNK_TIMEOUT, send_to_queue
+from thunkscope import DEFAULT_CHUNK_TIMEOUT, _watch, send_to_queue
 
 
 def drain(queue: asyncio.Queue[Any]) -> list[Any]:
@@ -263,10 +263,20 @@ class TestChunkTimeout:
         assert [(e["log_level"], e["error_type"]) for e in failures] == [("error", "RuntimeError")]
 
     async def test_none_disables_timeout(self) -> None:
-        """chunk_timeout=None lets a slow stream finish."""
+        """chunk_timeout=None arms no deadline at all: a stalled stream is left to run."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        await send_to_queue(agen("a", "b", delay=0.06), queue, chunk_timeout=None)
-        assert drain(queue) == ["a", "b", None]
+        task = asyncio.create_task(
+            send_to_queue(StalledIterator(), queue, chunk_timeout=None, stall_after=None, name="nt")
+        )
+        await asyncio.sleep(0.05)
+        (watch,) = [w for w in _watch._registry.values() if w.name == "nt"]
+        assert watch.timeout is None
+        assert watch._handle is None  # no timer: neither a deadline nor a stall watch
+        assert not task.done()
+        assert drain(queue) == ["first"]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
     async def test_items_arriving_in_time_never_time_out(self) -> None:
         """A stream slower in total than chunk_timeout but with short gaps completes."""
@@ -319,16 +329,16 @@ class TestBackpressure:
     async def test_slow_consumer_does_not_trip_chunk_timeout(self) -> None:
         """Time blocked on a full bounded queue does not count against chunk_timeout."""
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
-        producer = asyncio.create_task(send_to_queue(agen(*range(5)), queue, chunk_timeout=0.05))
+        producer = asyncio.create_task(send_to_queue(agen(0, 1, 2), queue, chunk_timeout=0.05))
         received = []
         while True:
-            await asyncio.sleep(0.03)  # each put waits ~0.03 s; the whole run far exceeds 0.05 s
+            await asyncio.sleep(0.15)  # each blocked put waits three times chunk_timeout
             item = await queue.get()
             received.append(item)
             if item is None:
                 break
         await producer
-        assert received == [0, 1, 2, 3, 4, None]
+        assert received == [0, 1, 2, None]
 
     async def test_blocked_producer_is_reported_as_blocked_on_put(self) -> None:
         """A producer waiting on a full queue shows as blocked_on_put in the in-flight view."""
