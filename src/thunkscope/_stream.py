@@ -356,15 +356,19 @@ def _finish(
         duration_labels = {n.STREAM_NAME: label, n.STREAM_OUTCOME: outcome}
         if error_type is not None and outcome != n.OUTCOME_CANCELLED:
             duration_labels[n.ERROR_TYPE] = error_type
+        # The context the records would look up themselves (the stream's span is still
+        # attached): handing it over spares the SDK a lookup per record, and exemplars
+        # keep their trace link.
+        context = otel_context.get_current()
         instruments = telemetry.instruments
-        instruments.stream_duration.record(duration, duration_labels)
-        instruments.queue_put_wait.record(watch.put_wait, by_name)
+        instruments.stream_duration.record(duration, duration_labels, context)
+        instruments.queue_put_wait.record(watch.put_wait, by_name, context)
         if ttfi is not None:
-            instruments.stream_ttfi.record(ttfi, by_name)
+            instruments.stream_ttfi.record(ttfi, by_name, context)
         if mode == n.MODE_ITERATOR:
-            instruments.stream_items.record(watch.items, by_name)
+            instruments.stream_items.record(watch.items, by_name, context)
             if watch.items >= 2:
-                instruments.stream_max_gap.record(watch.max_gap, by_name)
+                instruments.stream_max_gap.record(watch.max_gap, by_name, context)
     except Exception as exc:
         report_failure("stream metrics", exc)
     level, event = _LOG_BY_OUTCOME[outcome]
