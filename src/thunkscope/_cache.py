@@ -34,7 +34,7 @@ from opentelemetry.metrics import _internal as _metrics_api
 
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import CacheStats, report_failure, telemetry
+from thunkscope._telemetry import CacheStats, end_span, report_failure, telemetry
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -297,9 +297,9 @@ class ClientCache(Generic[K, V]):
                 try:
                     if evicted or result == n.RESULT_STALE:
                         span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: self.name})
-                    span.end()
                 except Exception as exc:
-                    report_failure("span end", exc)
+                    report_failure("span event", exc)
+                end_span(span)
         if events.enabled(level):
             fields: dict[str, Any] = {"cache": self.name, "size": size, "capacity": self.capacity}
             if result == n.RESULT_STALE:

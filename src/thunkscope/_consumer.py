@@ -28,7 +28,7 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import report_failure, telemetry
+from thunkscope._telemetry import end_span, report_failure, telemetry
 from thunkscope._watch import Producer, producer_of
 
 __all__ = ["QueueIterator", "iter_queue"]
@@ -181,10 +181,7 @@ class QueueIterator:
         except Exception as exc:
             report_failure("span attributes", exc)
         finally:
-            try:
-                span.end()
-            except Exception as exc:
-                report_failure("span end", exc)
+            end_span(span)
         fields: dict[str, Any] = {"items": items, "outcome": outcome}
         if self._producer is not None:
             fields["stream_id"] = self._producer.stream_id

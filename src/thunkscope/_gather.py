@@ -22,6 +22,7 @@ from thunkscope._telemetry import (
     EXCEPTION_MESSAGE,
     LOG_ERROR_MESSAGE,
     captured,
+    end_span,
     report_failure,
     telemetry,
 )
@@ -102,10 +103,7 @@ def _finish(span: Span, size: int, error: BaseException | None, duration: float)
     except Exception as exc:
         report_failure("span attributes", exc)
     finally:
-        try:
-            span.end()
-        except Exception as exc:
-            report_failure("span end", exc)
+        end_span(span)
     try:
         labels = {n.GATHER_OUTCOME: outcome}
         if error_type is not None:

@@ -6,7 +6,7 @@ import asyncio
 
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import report_failure, telemetry
+from thunkscope._telemetry import end_span, report_failure, telemetry
 
 
 def get_current_event_loop() -> asyncio.AbstractEventLoop | None:
@@ -35,7 +35,4 @@ def _record_span(found: bool) -> None:
     except Exception as exc:
         report_failure("span start", exc)
         return
-    try:
-        span.end()
-    except Exception as exc:
-        report_failure("span end", exc)
+    end_span(span)

@@ -26,6 +26,7 @@ from thunkscope._telemetry import (
     EXCEPTION_MESSAGE,
     LOG_ERROR_MESSAGE,
     captured,
+    end_span,
     report_failure,
     telemetry,
 )
@@ -362,10 +363,7 @@ def _finish(
     except Exception as exc:
         report_failure("span attributes", exc)
     finally:
-        try:
-            span.end()
-        except Exception as exc:
-            report_failure("span end", exc)
+        end_span(span)
     try:
         label = telemetry.stream_names.fold(watch.name)
         by_name = {n.STREAM_NAME: label}

@@ -28,7 +28,7 @@ from thunkscope._version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram, Meter, MeterProvider
-    from opentelemetry.trace import Tracer, TracerProvider
+    from opentelemetry.trace import Span, Tracer, TracerProvider
 
 SpanMode = Literal["all", "in_trace"]
 
@@ -169,6 +169,14 @@ def report_failure(where: str, exc: BaseException, *, detail: str | None = None)
     except Exception:  # a logging handler that throws: the last resort is stderr
         with contextlib.suppress(Exception):
             sys.stderr.write((message % args) + " (logging failed too)\n")
+
+
+def end_span(span: Span) -> None:
+    """End `span`; a span processor that throws is reported once, never raised."""
+    try:
+        span.end()
+    except Exception as exc:
+        report_failure("span end", exc)
 
 
 # --- bounded metric labels ------------------------------------------------------------------

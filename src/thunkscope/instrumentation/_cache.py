@@ -26,7 +26,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import CacheStats, report_failure, telemetry
+from thunkscope._telemetry import CacheStats, end_span, report_failure, telemetry
 from thunkscope.instrumentation._stream import label_for_module
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -97,10 +97,7 @@ def _report(
         except Exception as exc:
             report_failure("span attributes", exc)
         finally:
-            try:
-                span.end()
-            except Exception as exc:
-                report_failure("span end", exc)
+            end_span(span)
     if result == n.RESULT_HIT:
         level, event = events.DEBUG, n.LOG_CACHE_HIT
     elif result == n.RESULT_MISS:
