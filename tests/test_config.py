@@ -314,17 +314,49 @@ class TestConfigureSettings:
         assert len(result["warnings"]) == 2  # the tracer and the meter provider
         assert all("already set; keeping it" in w for w in result["warnings"])
 
-    def test_shutdown_twice_and_as_context_manager(self) -> None:
-        """shutdown() is idempotent, and the handle works as a context manager."""
-        run_python(
+    def test_shutdown_twice_and_as_context_manager(self, rotel: RotelCollector) -> None:
+        """Leaving the handle's block shuts the providers down once; later shutdowns do nothing."""
+        result = run_python(
             script(
                 HELPERS,
                 """
-                with thunkscope.configure(endpoint="http://127.0.0.1:9", log_format=None) as h:
+                import os
+                from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+                from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+                    InMemorySpanExporter,
+                )
+
+                exporter = InMemorySpanExporter()
+                shutdowns = []
+
+                class Counting(SimpleSpanProcessor):
+                    def shutdown(self):
+                        shutdowns.append(len(exporter.get_finished_spans()))
+                        super().shutdown()
+
+                with thunkscope.configure(
+                    endpoint=os.environ["ENDPOINT"],
+                    log_format=None,
+                    span_processors=[Counting(exporter)],
+                ) as h:
                     run(rounds=1)
+                    inside = len(exporter.get_finished_spans())
+                after_exit = list(shutdowns)
                 h.shutdown()
-                h.shutdown()
-                print(json.dumps({"ok": True}))
+                h.shutdown(timeout_s=0.1)
+                print(json.dumps({
+                    "inside": inside,
+                    "after_exit": after_exit,
+                    "after_more_shutdowns": shutdowns,
+                    "spans": len(exporter.get_finished_spans()),
+                }))
                 """,
-            )
+            ),
+            env={"ENDPOINT": rotel.http_endpoint},
         )
+        assert result["inside"] == 6
+        assert result["after_exit"] == [6]  # the block's end shut the processor down, once
+        assert result["after_more_shutdowns"] == [6]  # shutdown() again is a no-op
+        assert result["spans"] == 6
+        assert result["_stderr"] == ""
+        assert len(rotel.wait_for_spans(6)) == 6  # the OTLP exporter flushed on the way out

@@ -15,6 +15,8 @@ import thunkscope
 from thunkscope import _names as n
 from thunkscope import iter_queue, send_to_queue
 
+HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
+
 
 async def tokens(*items: Any, fail: BaseException | None = None) -> AsyncIterator[Any]:
     """Yield `items`, then raise `fail` if given."""
@@ -28,7 +30,7 @@ async def tokens(*items: Any, fail: BaseException | None = None) -> AsyncIterato
 async def hang() -> AsyncIterator[str]:
     """One item, then nothing for a long time."""
     yield "a"
-    await asyncio.sleep(10)
+    await asyncio.sleep(HANG)
 
 
 async def read_into(received: list[Any], aqueue: asyncio.Queue[Any]) -> None:

@@ -17,6 +17,8 @@ import thunkscope
 from thunkscope import _names as n
 from thunkscope import _watch, inflight, send_to_queue
 
+HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
+
 SNAPSHOT_KEYS = {
     "stream_id",
     "name",
@@ -245,7 +247,7 @@ class TestNothingLeftBehind:
             if ending == "error":
                 raise RuntimeError("backend failed")
             if ending in ("timeout", "cancelled"):
-                await asyncio.sleep(5)
+                await asyncio.sleep(HANG)
 
         task = asyncio.create_task(
             send_to_queue(

@@ -30,6 +30,7 @@ import thunkscope
 from thunkscope import ClientCache, get_current_event_loop, send_to_queue, wait_for_all_mots
 
 S = os.environ["SECRET"]
+HANG = 0.5  # a stall standing in for a hang: 10x the chunk_timeout below
 
 class SecretError(Exception):
     pass
@@ -47,7 +48,7 @@ async def single():
 
 async def stalls():
     yield f"{S}-item-then-stall"
-    await asyncio.sleep(5)
+    await asyncio.sleep(HANG)
 
 class Thunk:
     def __init__(self, value):

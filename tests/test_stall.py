@@ -13,6 +13,7 @@ from thunkscope import _telemetry, _watch, inflight, send_to_queue
 
 STALL = 0.05
 GAP = 0.15
+HANG = 0.5  # a stall standing in for a hang: at least 10x the chunk_timeout it meets
 
 pytestmark = pytest.mark.usefixtures("telemetry")
 
@@ -167,7 +168,7 @@ class TestStallWarning:
         """The same gap is first warned about, then aborted by chunk_timeout; no resume."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         await send_to_queue(
-            gappy(["a", "b"], {1: 5.0}), queue, chunk_timeout=GAP, stall_after=STALL
+            gappy(["a", "b"], {1: HANG}), queue, chunk_timeout=HANG / 10, stall_after=HANG / 25
         )
         first, error = drain(queue)
         assert first == "a"

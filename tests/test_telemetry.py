@@ -24,6 +24,8 @@ from thunkscope import (
 from thunkscope import _names as n
 from thunkscope._telemetry import telemetry as state
 
+HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
+
 
 class NonNegativeFloat:
     """Equal to any float >= 0: for durations inside otherwise exact attribute dicts."""
@@ -137,7 +139,7 @@ class TestSendToQueueSpan:
 
         async def stalls() -> AsyncIterator[str]:
             yield "a"
-            await asyncio.sleep(10)
+            await asyncio.sleep(HANG)
             yield "b"
 
         await send_to_queue(stalls(), queue, chunk_timeout=0.05, stall_after=None, name="chat")
@@ -152,7 +154,7 @@ class TestSendToQueueSpan:
     async def test_cancelled(self, telemetry: Telemetry) -> None:
         """A cancelled producer ends its span once, as outcome=cancelled, status unset."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.create_task(send_to_queue(agen("a", delay=10), queue, name="chat"))
+        task = asyncio.create_task(send_to_queue(agen("a", delay=HANG), queue, name="chat"))
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -442,7 +444,7 @@ class TestLogEvents:
         await send_to_queue(fails(), asyncio.Queue())
 
         async def stalls() -> AsyncIterator[int]:
-            await asyncio.sleep(10)
+            await asyncio.sleep(HANG)
             yield 1
 
         await send_to_queue(stalls(), asyncio.Queue(), chunk_timeout=0.03, stall_after=None)

@@ -44,10 +44,14 @@ def find_binary(name: str) -> str | None:
 
 
 def require_binary(name: str) -> str:
-    """The path of program `name`; skips the test, saying how to install it, when absent."""
+    """The path of program `name`; when absent, skips the test (fails it under CI), saying how
+    to install it."""
     found = find_binary(name)
     if found is None:
-        pytest.skip(f"{name} not found on PATH or in {TOOLS_BIN}; install it with `{INSTALLER}`")
+        message = f"{name} not found on PATH or in {TOOLS_BIN}; install it with `{INSTALLER}`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return found
 
 
