@@ -11,6 +11,8 @@ import pytest
 import thunkscope
 from thunkscope import DEFAULT_CHUNK_TIMEOUT, _watch, send_to_queue
 
+HANG = 0.5  # stands in for a backend that never answers: 10x every timeout used here
+
 
 def drain(queue: asyncio.Queue[Any]) -> list[Any]:
     """Everything on the queue now, in order."""
@@ -158,7 +160,7 @@ class TestErrors:
     async def test_cancellation_is_not_swallowed(self) -> None:
         """Cancelling the producer task propagates CancelledError and puts nothing more."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.create_task(send_to_queue(agen("a", "b", delay=10), queue))
+        task = asyncio.create_task(send_to_queue(agen("a", "b", delay=HANG), queue))
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -204,7 +206,7 @@ class TestChunkTimeout:
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def slow_start() -> AsyncIterator[str]:
-            await asyncio.sleep(5)
+            await asyncio.sleep(HANG)
             yield "never"
 
         await send_to_queue(slow_start(), queue, chunk_timeout=0.05)
