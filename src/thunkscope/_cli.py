@@ -109,7 +109,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if handle is not None:
             handle.shutdown()
     if args.json:
-        print(json.dumps(summary.__dict__, indent=2, sort_keys=True))
+        print(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
     else:
         print(summary.render())
         if args.otlp_endpoint:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import structlog
 from opentelemetry import _logs as logs_api
@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from thunkscope import _events as events
+from thunkscope import _names as n
 from thunkscope._export import (
     EXPORT_TIMEOUT_S,
     Exporters,
@@ -53,8 +54,7 @@ from thunkscope._telemetry import SpanMode, telemetry
 
 LogFormat = Literal["json", "console"]
 
-_log = logging.getLogger("thunkscope")
-T = TypeVar("T")
+_log = logging.getLogger(n.LOGGER_NAME)
 
 # Batch settings sized for bursts: a thousand streams ending at once must not overflow
 # the span queue (the SDK default of 2,048 drops spans under that load).
@@ -63,7 +63,7 @@ SPAN_BATCH_SIZE: Final = 2_048
 LOG_QUEUE_SIZE: Final = 32_768
 LOG_BATCH_SIZE: Final = 2_048
 SHUTDOWN_TIMEOUT_S: Final = 4.0
-"""Least time between two export-failure warnings (a flapping collector warns this rarely)."""
+"""Seconds shutdown() and force_flush() wait at most, collector or not."""
 
 _PROTOCOLS: Final = ("http/protobuf", "grpc")
 _LOG_FORMATS: Final = ("json", "console")

@@ -23,7 +23,6 @@ import contextlib
 from types import TracebackType
 from typing import Any, Final
 
-from opentelemetry import trace as trace_api
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
 from thunkscope import _events as events
@@ -188,8 +187,5 @@ class QueueIterator:
             fields["stream"] = self._producer.name
         if error_type is not None:
             fields["error_type"] = error_type
-        ctx = span.get_span_context()
-        if ctx.is_valid:
-            fields["trace_id"] = trace_api.format_trace_id(ctx.trace_id)
-            fields["span_id"] = trace_api.format_span_id(ctx.span_id)
+        fields.update(events.span_ids(span))
         events.emit(_LOG_LEVEL[outcome], n.LOG_QUEUE_CONSUMED, **fields)

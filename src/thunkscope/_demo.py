@@ -192,10 +192,16 @@ class Summary:
     streams: dict[str, int] = field(default_factory=dict)
     ttfi_mean_s: float | None = None
     ttfi_max_s: float | None = None
+    _ttfi_sum: float = field(default=0.0, repr=False)
+    _ttfi_count: int = field(default=0, repr=False)
     stalls: int = 0
     cache: dict[str, int] = field(default_factory=dict)
     gathers: int = 0
     rounds: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The public figures, for ``--json``."""
+        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
 
     def render(self) -> str:
         lines = [f"thunkscope demo: {self.rounds} round(s) of simulated LLM traffic", ""]
@@ -217,7 +223,7 @@ class Summary:
         lines.append(f"gathers            {self.gathers}")
         lines.append(
             "client cache       "
-            f"hits {self.cache.get('hit', 0)}, misses {self.cache.get('miss', 0)}, "
+            f"hits {self.cache.get(n.RESULT_HIT, 0)}, misses {self.cache.get(n.RESULT_MISS, 0)}, "
             f"evictions {self.cache.get('evictions', 0)}"
         )
         return "\n".join(lines)
@@ -245,7 +251,9 @@ def _add(summary: Summary, name: str, point: Any) -> None:
         outcome = str(attributes.get(n.STREAM_OUTCOME))
         summary.streams[outcome] = summary.streams.get(outcome, 0) + point.count
     elif name == n.STREAM_TTFI.name and isinstance(point, HistogramDataPoint) and point.count:
-        summary.ttfi_mean_s = point.sum / point.count
+        summary._ttfi_sum += point.sum  # one point per stream name: pool them
+        summary._ttfi_count += point.count
+        summary.ttfi_mean_s = summary._ttfi_sum / summary._ttfi_count
         summary.ttfi_max_s = max(point.max, summary.ttfi_max_s or 0.0)
     elif name == n.STREAM_STALLS.name and isinstance(point, NumberDataPoint):
         summary.stalls += int(point.value)

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import structlog
 from opentelemetry import trace as trace_api
+from opentelemetry.trace import Span
 
 from thunkscope import _names as n
 from thunkscope._telemetry import report_failure
@@ -81,15 +82,20 @@ def enabled(level: int) -> bool:
     return _stdlib.isEnabledFor(level)
 
 
-def trace_context() -> dict[str, str]:
-    """``trace_id`` and ``span_id`` of the active span, hex as the OTel API formats them."""
-    ctx = trace_api.get_current_span().get_span_context()
+def span_ids(span: Span) -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of `span`, hex as the OTel API formats them."""
+    ctx = span.get_span_context()
     if not ctx.is_valid:
         return {}
     return {
         "trace_id": trace_api.format_trace_id(ctx.trace_id),
         "span_id": trace_api.format_span_id(ctx.span_id),
     }
+
+
+def trace_context() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the active span."""
+    return span_ids(trace_api.get_current_span())
 
 
 def emit(level: int, event: str, /, **fields: Any) -> None:

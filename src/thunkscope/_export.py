@@ -32,9 +32,11 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from thunkscope import _names as n
+
 Protocol = Literal["http/protobuf", "grpc"]
 
-_log = logging.getLogger("thunkscope")
+_log = logging.getLogger(n.LOGGER_NAME)
 T = TypeVar("T")
 
 EXPORT_TIMEOUT_S: Final = 3.0
@@ -120,7 +122,7 @@ class ExportHealth:
         self._exporters: list[Any] = []
 
     def watch(self, exporter: T) -> T:
-        """Remember an inner exporter, so `aborts` can stop it; return it."""
+        """Remember an inner exporter, so `stop_retries` can end its backoff; return it."""
         self._exporters.append(exporter)
         return exporter
 

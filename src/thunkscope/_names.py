@@ -24,6 +24,10 @@ SPAN_PROCESS_QUEUE: Final = "process_queue"
 
 # --- attributes ------------------------------------------------------------------------
 ERROR_TYPE: Final = "error.type"
+# OTel semantic conventions for a recorded exception; the message only with content capture.
+EVENT_EXCEPTION: Final = "exception"
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
 
 STREAM_ID: Final = "thunkscope.stream.id"
 STREAM_NAME: Final = "thunkscope.stream.name"
@@ -33,7 +37,6 @@ STREAM_OUTCOME: Final = "thunkscope.stream.outcome"
 STREAM_TIME_TO_FIRST_ITEM: Final = "thunkscope.stream.time_to_first_item"
 STREAM_MAX_ITEM_GAP: Final = "thunkscope.stream.max_item_gap"
 STREAM_PUT_WAIT: Final = "thunkscope.stream.put_wait"
-STREAM_BACKEND_TYPE: Final = "thunkscope.stream.backend_type"
 
 GATHER_SIZE: Final = "thunkscope.gather.size"
 GATHER_OUTCOME: Final = "thunkscope.gather.outcome"
@@ -55,7 +58,6 @@ QUEUE_OUTCOME: Final = "thunkscope.queue.outcome"
 MODE_ITERATOR: Final = "iterator"
 MODE_SINGLE: Final = "single"
 
-Outcome = Literal["completed", "error", "timeout", "cancelled"]
 OUTCOME_COMPLETED: Final = "completed"
 OUTCOME_ERROR: Final = "error"
 OUTCOME_TIMEOUT: Final = "timeout"
@@ -98,7 +100,7 @@ LOG_CACHE_EVICTED: Final = "cache.evicted"
 LOG_CACHE_ON_EVICT_FAILED: Final = "cache.on_evict_failed"
 LOG_EVENT_LOOP_LOOKUP: Final = "event_loop.lookup"
 LOG_QUEUE_CONSUMED: Final = "queue.consumed"
-LOG_TELEMETRY_FAILED: Final = "telemetry.failed"
+LOG_ERROR_MESSAGE: Final = "error_message"  # log field of a captured exception message
 
 
 # --- metrics ---------------------------------------------------------------------------------

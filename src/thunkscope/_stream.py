@@ -23,8 +23,6 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from thunkscope import _events as events
 from thunkscope import _names as n
 from thunkscope._telemetry import (
-    EXCEPTION_MESSAGE,
-    LOG_ERROR_MESSAGE,
     captured,
     end_span,
     report_failure,
@@ -193,10 +191,11 @@ async def _pump(
 ) -> None:
     """The hot loop: one clock read, a comparison and two stores per item."""
     put = aqueue.put
-    # asyncio.Queue.put is put_nowait when the queue has room: call that directly and
-    # spare a coroutine per item (a queue whose put is overridden gets its own put).
+    # asyncio.Queue.put is "wait while full, then put_nowait": call put_nowait directly,
+    # sparing a coroutine per item, and wait (as backpressure) only when it says full.
+    # A queue whose put is overridden gets its own put.
     put_nowait = aqueue.put_nowait if _stock_put(aqueue) else None
-    bounded = _is_bounded(aqueue)
+    bounded = put_nowait is None and _is_bounded(aqueue)
     clock = time.monotonic
     async for item in iterator:
         now = clock()
@@ -204,10 +203,13 @@ async def _pump(
             watch.note_item(now)  # first item, a new longest gap, or the end of a stall
         watch.last = now
         watch.items += 1
-        if bounded and aqueue.full():
+        if put_nowait is not None:
+            try:
+                put_nowait(item)
+            except asyncio.QueueFull:
+                await watch.blocked_put(put, item)
+        elif bounded and aqueue.full():
             await watch.blocked_put(put, item)
-        elif put_nowait is not None:
-            put_nowait(item)
         else:
             await put(item)
 
@@ -311,15 +313,15 @@ def _close_unawaited(co: object) -> None:
         co.close()
 
 
-def _start_span(name: str, stream_id: str | None = None) -> Span:
+def _start_span(name: str, stream_id: str) -> Span:
+    """The stream's PRODUCER span, its name and id set at start (one attribute pass)."""
     if not telemetry.tracing():
         return INVALID_SPAN
-    attributes = {n.STREAM_NAME: name}
-    if stream_id is not None:  # known before the span: one attribute pass, not two
-        attributes[n.STREAM_ID] = stream_id
     try:
         return telemetry.tracer.start_span(
-            n.SPAN_SEND_TO_QUEUE, kind=SpanKind.PRODUCER, attributes=attributes
+            n.SPAN_SEND_TO_QUEUE,
+            kind=SpanKind.PRODUCER,
+            attributes={n.STREAM_NAME: name, n.STREAM_ID: stream_id},
         )
     except Exception as exc:
         report_failure("span start", exc)
@@ -342,6 +344,7 @@ def _finish(
     duration = end - watch.started
     ttfi = None if watch.first_item_at is None else watch.first_item_at - watch.started
     error_type = None if error is None else type(error).__qualname__
+    failed = error_type is not None and outcome != n.OUTCOME_CANCELLED
     try:
         if span.is_recording():
             attributes: dict[str, Any] = {
@@ -354,7 +357,7 @@ def _finish(
                 attributes[n.STREAM_MODE] = mode
             if ttfi is not None:
                 attributes[n.STREAM_TIME_TO_FIRST_ITEM] = ttfi
-            if error_type is not None and outcome != n.OUTCOME_CANCELLED:
+            if failed:
                 attributes[n.ERROR_TYPE] = error_type
                 span.set_status(
                     Status(StatusCode.ERROR, _status_description(outcome, watch, error_type))
@@ -368,7 +371,7 @@ def _finish(
         label = telemetry.stream_names.fold(watch.name)
         by_name = {n.STREAM_NAME: label}
         duration_labels = {n.STREAM_NAME: label, n.STREAM_OUTCOME: outcome}
-        if error_type is not None and outcome != n.OUTCOME_CANCELLED:
+        if failed:
             duration_labels[n.ERROR_TYPE] = error_type
         # The context the records would look up themselves (the stream's span is still
         # attached): handing it over spares the SDK a lookup per record, and exemplars
@@ -402,11 +405,8 @@ def _finish(
         fields["error_type"] = error_type
         message = captured(error)
         if message is not None:
-            fields[LOG_ERROR_MESSAGE] = message
-    if watch.trace_id is not None:
-        ctx = span.get_span_context()
-        fields["trace_id"] = watch.trace_id
-        fields["span_id"] = trace_api.format_span_id(ctx.span_id)
+            fields[n.LOG_ERROR_MESSAGE] = message
+    fields.update(events.span_ids(span))
     events.emit(level, event, **fields)
 
 
@@ -415,7 +415,7 @@ def _error_attributes(exc: BaseException) -> dict[str, str]:
     attributes = {n.ERROR_TYPE: type(exc).__qualname__}
     message = captured(exc)
     if message is not None:
-        attributes[EXCEPTION_MESSAGE] = message
+        attributes[n.EXCEPTION_MESSAGE] = message
     return attributes
 
 

@@ -3,8 +3,9 @@
 Helpers ask this module three cheap questions before doing any telemetry work
 ("is anyone tracing?", "should this cheap helper emit a span?", "which stream or
 cache name may label a metric?") so that, with the API's no-op defaults, a call costs
-next to nothing. Everything that touches the OTel SDK goes through `guarded` paths:
-telemetry that throws is reported once and never reaches the application.
+next to nothing. Everything that touches the OTel SDK is guarded:
+telemetry that throws is reported once (`report_failure`, `end_span`) and never
+reaches the application.
 """
 
 from __future__ import annotations
@@ -108,11 +109,8 @@ class Settings:
 
 # --- opt-in content capture ------------------------------------------------------------------
 
-EXCEPTION_MESSAGE = "exception.message"
-"""Span event attribute for a captured exception message (OTel semantic conventions)."""
-
-LOG_ERROR_MESSAGE = "error_message"
-"""Log field for a captured exception message."""
+EXCEPTION_MESSAGE = n.EXCEPTION_MESSAGE
+LOG_ERROR_MESSAGE = n.LOG_ERROR_MESSAGE
 
 TRUNCATED_MARK = "…[truncated]"
 

@@ -79,7 +79,6 @@ class StreamWatch:
         "span",
         "stall_after",
         "stall_started",
-        "stalls",
         "started",
         "state",
         "stream_id",
@@ -117,7 +116,6 @@ class StreamWatch:
         # path in the stream loop: the first item, a new longest gap, the end of a stall.
         self.watermark = -1.0
         self.stall_started: float | None = None
-        self.stalls = 0
         self.put_started: float | None = None
         self.put_wait = 0.0
         self.backpressure_warned = False
@@ -212,7 +210,7 @@ class StreamWatch:
                         stream_id=self.stream_id,
                         stream=self.name,
                         time_to_first_item_s=round(now - self.started, 6),
-                        **_ids_of(self.span),
+                        **events.span_ids(self.span),
                     )
             except Exception as exc:
                 report_failure("stream watch", exc)
@@ -261,7 +259,6 @@ class StreamWatch:
 
     def _stall(self, now: float, idle: float) -> None:
         self.stall_started = self.last
-        self.stalls += 1
         self.watermark = -1.0  # the next item takes the slow path and reports the resume
         if self.state != BLOCKED_ON_PUT:
             self.state = STALLED
@@ -275,7 +272,7 @@ class StreamWatch:
             stream=self.name,
             gap_s=round(idle, 6),
             items=self.items,
-            **_ids_of(self.span),
+            **events.span_ids(self.span),
         )
         telemetry.instruments.stream_stalls.add(
             1, {n.STREAM_NAME: telemetry.stream_names.fold(self.name)}
@@ -302,7 +299,7 @@ class StreamWatch:
                 stream=self.name,
                 gap_s=round(gap, 6),
                 items=self.items,
-                **_ids_of(self.span),
+                **events.span_ids(self.span),
             )
         except Exception as exc:
             report_failure("stream watch", exc)
@@ -324,7 +321,7 @@ class StreamWatch:
             stream=self.name,
             blocked_s=round(waited, 6),
             items=self.items,
-            **_ids_of(self.span),
+            **events.span_ids(self.span),
         )
 
     # -- the in-flight view ---------------------------------------------------------------------
@@ -347,17 +344,6 @@ class StreamWatch:
 def _may_block(aqueue: Any) -> bool:
     full = getattr(aqueue, "full", None)
     return callable(full) and bool(full())
-
-
-def _ids_of(span: Span) -> dict[str, str]:
-    """trace_id/span_id of `span`, for events logged outside its context (timer callbacks)."""
-    ctx = span.get_span_context()
-    if not ctx.is_valid:
-        return {}
-    return {
-        "trace_id": trace_api.format_trace_id(ctx.trace_id),
-        "span_id": trace_api.format_span_id(ctx.span_id),
-    }
 
 
 def _task_stack(task: asyncio.Task[Any] | None) -> list[str]:
