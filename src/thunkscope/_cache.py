@@ -31,6 +31,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import trace as _trace_api
 from opentelemetry.metrics import _internal as _metrics_api
+from opentelemetry.trace import Span, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import _names as n
@@ -187,33 +188,34 @@ class ClientCache(Generic[K, V]):
             hash(key)  # an empty OrderedDict answers KeyError without hashing
         except TypeError:
             raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
-        with self._lock:
-            stale = self._reap_locked()
-            was_stale = self._pop_stale_key_locked(key)
-        if was_stale:
-            self._stats.stale += 1
-        else:
-            self._stats.misses += 1
-        self._after_stale(stale)
-        if was_stale:
-            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, n.RESULT_STALE)
-        else:
-            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, n.RESULT_MISS)
+        self._lookup_after_sweep(key, None, n.RESULT_MISS)
 
     def _hit_after_collection(self, key: K, value: V) -> V | None:
         """A hit while some loop was collected: the hit may be that loop's stale entry."""
+        return self._lookup_after_sweep(key, value, n.RESULT_HIT)
+
+    def _lookup_after_sweep(self, key: K, value: V | None, result: str) -> V | None:
+        """Sweep dead loops, then count and report a lookup of `key` as `result`.
+
+        A key just evicted as stale is reported ``stale`` instead, and reads as None.
+        """
         with self._lock:
             stale = self._reap_locked()
             was_stale = self._pop_stale_key_locked(key)
-        if not was_stale:
-            self._stats.hits += 1
-            self._after_stale(stale)
-            self._report(n.SPAN_CACHE_GET, events.DEBUG, n.LOG_CACHE_HIT, n.RESULT_HIT)
-            return value
-        self._stats.stale += 1
+        stats = self._stats
+        if was_stale:
+            result, value = n.RESULT_STALE, None
+            stats.stale += 1
+        elif result == n.RESULT_HIT:
+            stats.hits += 1
+        else:
+            stats.misses += 1
         self._after_stale(stale)
-        self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, n.RESULT_STALE)
-        return None
+        if result == n.RESULT_HIT:
+            self._report(n.SPAN_CACHE_GET, events.DEBUG, n.LOG_CACHE_HIT, result)
+        else:
+            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, result)
+        return value
 
     def _pop_stale_key_locked(self, key: K) -> bool:
         """Whether `key` was recently evicted as stale (forgetting it). Holds the lock."""
@@ -283,30 +285,16 @@ class ClientCache(Generic[K, V]):
         evicted: bool | None = None,
     ) -> None:
         size = len(self.cache)
-        if telemetry.cheap_span_wanted():
-            attributes: dict[str, Any] = {n.CACHE_NAME: self.name, n.CACHE_SIZE: size}
-            if result is not None:
-                attributes[n.CACHE_RESULT] = result
-            if evicted is not None:
-                attributes[n.CACHE_EVICTED] = evicted
-            try:
-                span = telemetry.tracer.start_span(span_name, attributes=attributes)
-            except Exception as exc:
-                report_failure("span start", exc)
-            else:
-                try:
-                    if evicted or result == n.RESULT_STALE:
-                        span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: self.name})
-                except Exception as exc:
-                    report_failure("span event", exc)
-                end_span(span)
-        if events.enabled(level):
-            fields: dict[str, Any] = {"cache": self.name, "size": size, "capacity": self.capacity}
-            if result == n.RESULT_STALE:
-                fields["result"] = result
-            events.emit(level, event, **fields)
-        if evicted:
-            events.emit(events.INFO, n.LOG_CACHE_EVICTED, cache=self.name, size=size)
+        report(
+            start_span(span_name, self.name),
+            self.name,
+            size,
+            self.capacity,
+            level,
+            event,
+            result=result,
+            evicted=evicted,
+        )
 
     def _hand_over(self, value: V) -> None:
         """Hand a value that left the cache to `on_evict`; errors are logged, never raised."""
@@ -318,6 +306,63 @@ class ClientCache(Generic[K, V]):
                 _run_soon(result, self.name)
         except Exception as exc:
             _evict_hook_failed(self.name, exc)
+
+
+def start_span(span_name: str, cache_name: str) -> Span | None:
+    """The span of one cache operation, if a cheap span is wanted now; end it with `report`."""
+    if not telemetry.cheap_span_wanted():
+        return None
+    try:
+        return telemetry.tracer.start_span(span_name, attributes={n.CACHE_NAME: cache_name})
+    except Exception as exc:
+        report_failure("span start", exc)
+        return None
+
+
+def report(
+    span: Span | None,
+    cache_name: str,
+    size: int,
+    capacity: int,
+    level: int,
+    event: str,
+    *,
+    result: str | None,
+    evicted: bool | None,
+    error: BaseException | None = None,
+) -> None:
+    """End one cache operation's span (from `start_span`) with what it did, and log it.
+
+    Shared by `ClientCache` and the mellea instrumentation's ``ClientCache`` wrappers:
+    the span gets the size after the operation, the result, whether it evicted and the
+    type of an exception it raised; `event` is logged at `level`, and an eviction
+    (or a stale entry found) also as ``cache.evicted``.
+    """
+    if span is not None:
+        try:
+            attributes: dict[str, Any] = {n.CACHE_SIZE: size}
+            if result is not None:
+                attributes[n.CACHE_RESULT] = result
+            if evicted is not None:
+                attributes[n.CACHE_EVICTED] = evicted
+            if error is not None:
+                error_type = type(error).__qualname__
+                attributes[n.ERROR_TYPE] = error_type
+                span.set_status(Status(StatusCode.ERROR, f"raised {error_type}"))
+            span.set_attributes(attributes)
+            if evicted or result == n.RESULT_STALE:
+                span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: cache_name})
+        except Exception as exc:
+            report_failure("span attributes", exc)
+        finally:
+            end_span(span)
+    if events.enabled(level):
+        fields: dict[str, Any] = {"cache": cache_name, "size": size, "capacity": capacity}
+        if result == n.RESULT_STALE:
+            fields["result"] = result
+        events.emit(level, event, **fields)
+    if evicted:
+        events.emit(events.INFO, n.LOG_CACHE_EVICTED, cache=cache_name, size=size)
 
 
 class _Missing:

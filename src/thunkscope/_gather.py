@@ -18,14 +18,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import (
-    EXCEPTION_MESSAGE,
-    LOG_ERROR_MESSAGE,
-    captured,
-    end_span,
-    report_failure,
-    telemetry,
-)
+from thunkscope._telemetry import captured, end_span, report_failure, telemetry
 
 
 async def wait_for_all_mots(mots: Iterable[Any]) -> None:
@@ -35,13 +28,22 @@ async def wait_for_all_mots(mots: Iterable[Any]) -> None:
     with `gather`). Any iterable of objects with an awaitable ``avalue()`` works.
     """
     avalues = _checked(mots)
-    size = len(avalues)
+    await observed(len(avalues), lambda: asyncio.gather(*[avalue() for avalue in avalues]))
+
+
+async def observed(size: int, run: Callable[[], Awaitable[Any]]) -> None:
+    """Await `run()` as one observed gather of `size` thunks: span, metrics, log event.
+
+    `run` is called once the span is current, so the tasks it starts are its children.
+    Its result is discarded; its exception propagates. Shared with the mellea
+    instrumentation, which observes mellea's own ``wait_for_all_mots``.
+    """
     span = _start_span(size)
     start = time.monotonic()
     error: BaseException | None = None
     token = otel_context.attach(trace_api.set_span_in_context(span))
     try:
-        await asyncio.gather(*[avalue() for avalue in avalues])
+        await run()
     except BaseException as exc:
         error = exc
         raise
@@ -98,7 +100,8 @@ def _finish(span: Span, size: int, error: BaseException | None, duration: float)
                 span.set_status(Status(StatusCode.ERROR, f"a thunk raised {error_type}"))
                 if message is not None:
                     span.add_event(
-                        "exception", {"exception.type": error_type, EXCEPTION_MESSAGE: message}
+                        n.EVENT_EXCEPTION,
+                        {n.EXCEPTION_TYPE: error_type, n.EXCEPTION_MESSAGE: message},
                     )
     except Exception as exc:
         report_failure("span attributes", exc)
@@ -116,13 +119,10 @@ def _finish(span: Span, size: int, error: BaseException | None, duration: float)
     if not events.enabled(events.INFO if error_type is None else events.WARNING):
         return
     fields: dict[str, Any] = {"size": size, "outcome": outcome, "duration_s": round(duration, 6)}
-    ctx = span.get_span_context()
-    if ctx.is_valid:
-        fields["trace_id"] = trace_api.format_trace_id(ctx.trace_id)
-        fields["span_id"] = trace_api.format_span_id(ctx.span_id)
+    fields.update(events.span_ids(span))
     if error_type is None:
         events.emit(events.INFO, n.LOG_GATHER_COMPLETED, **fields)
     else:
         if message is not None:
-            fields[LOG_ERROR_MESSAGE] = message
+            fields[n.LOG_ERROR_MESSAGE] = message
         events.emit(events.WARNING, n.LOG_GATHER_FAILED, error_type=error_type, **fields)

@@ -15,16 +15,24 @@ def get_current_event_loop() -> asyncio.AbstractEventLoop | None:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         loop = None
-    stats = telemetry.loop_stats
-    if loop is None:
-        stats.missing += 1
-    else:
-        stats.found += 1
-    if telemetry.cheap_span_wanted():
-        _record_span(loop is not None)
-    if events.enabled(events.DEBUG):
-        events.emit(events.DEBUG, n.LOG_EVENT_LOOP_LOOKUP, found=loop is not None)
+    observe_lookup(loop is not None)
     return loop
+
+
+def observe_lookup(found: bool) -> None:
+    """Record one event-loop lookup: the counter, a span if one is wanted, a debug event.
+
+    Shared with the mellea instrumentation, which observes mellea's own lookup.
+    """
+    stats = telemetry.loop_stats
+    if found:
+        stats.found += 1
+    else:
+        stats.missing += 1
+    if telemetry.cheap_span_wanted():
+        _record_span(found)
+    if events.enabled(events.DEBUG):
+        events.emit(events.DEBUG, n.LOG_EVENT_LOOP_LOOKUP, found=found)
 
 
 def _record_span(found: bool) -> None:

@@ -22,11 +22,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span
 
+from thunkscope import _cache as core_cache
 from thunkscope import _events as events
 from thunkscope import _names as n
-from thunkscope._telemetry import CacheStats, end_span, report_failure, telemetry
+from thunkscope._telemetry import CacheStats, end_span, telemetry
 from thunkscope.instrumentation._stream import label_for_module
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -60,16 +61,6 @@ def _identify(cache: Any) -> tuple[str, CacheStats]:
     return known
 
 
-def _start(span_name: str, name: str) -> Span | None:
-    if not telemetry.cheap_span_wanted():
-        return None
-    try:
-        return telemetry.tracer.start_span(span_name, attributes={n.CACHE_NAME: name})
-    except Exception as exc:
-        report_failure("span start", exc)
-        return None
-
-
 def _report(
     span: Span | None,
     cache: Any,
@@ -80,40 +71,22 @@ def _report(
     error: BaseException | None = None,
 ) -> None:
     """End the operation's span and log it, as thunkscope's own ClientCache does."""
-    size = len(cache.cache)
-    if span is not None:
-        try:
-            attributes: dict[str, Any] = {n.CACHE_SIZE: size}
-            if result is not None:
-                attributes[n.CACHE_RESULT] = result
-            if evicted is not None:
-                attributes[n.CACHE_EVICTED] = evicted
-            if error is not None:
-                attributes[n.ERROR_TYPE] = type(error).__qualname__
-                span.set_status(Status(StatusCode.ERROR, f"raised {type(error).__qualname__}"))
-            span.set_attributes(attributes)
-            if evicted:
-                span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: name})
-        except Exception as exc:
-            report_failure("span attributes", exc)
-        finally:
-            end_span(span)
     if result == n.RESULT_HIT:
         level, event = events.DEBUG, n.LOG_CACHE_HIT
     elif result == n.RESULT_MISS:
         level, event = events.INFO, n.LOG_CACHE_MISS
     else:
         level, event = events.DEBUG, n.LOG_CACHE_PUT
-    if events.enabled(level):
-        events.emit(level, event, cache=name, size=size, capacity=cache.capacity)
-    if evicted:
-        events.emit(events.INFO, n.LOG_CACHE_EVICTED, cache=name, size=size)
+    core_cache.report(
+        span, name, len(cache.cache), cache.capacity, level, event,
+        result=result, evicted=evicted, error=error,
+    )  # fmt: skip
 
 
 def get_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``ClientCache.get``: mellea's lookup, then a hit or a miss (a cached None is a miss)."""
     name, stats = _identify(instance)
-    span = _start(n.SPAN_CACHE_GET, name)
+    span = core_cache.start_span(n.SPAN_CACHE_GET, name)
     try:
         value = wrapped(*args, **kwargs)
     except BaseException as exc:
@@ -135,7 +108,7 @@ def make_put_wrapper(*, locked_evictions: bool) -> Wrapper:
         wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         name, stats = _identify(instance)
-        span = _start(n.SPAN_CACHE_PUT, name)
+        span = core_cache.start_span(n.SPAN_CACHE_PUT, name)
         previous = _flag.evicted
         _flag.evicted = False
         if not locked_evictions:
@@ -163,7 +136,7 @@ def get_or_create_wrapper(
 ) -> Any:
     """``ClientCache.get_or_create`` (0.8): a hit, or a miss that built a value."""
     name, stats = _identify(instance)
-    span = _start(n.SPAN_CACHE_GET_OR_CREATE, name)
+    span = core_cache.start_span(n.SPAN_CACHE_GET_OR_CREATE, name)
     built = False
     if len(args) >= 2:
         key, factory = args[0], args[1]
@@ -176,7 +149,7 @@ def get_or_create_wrapper(
         rest_kwargs = {k: v for k, v in kwargs.items() if k not in ("key", "factory")}
     else:  # not a call mellea accepts: let it say so
         if span is not None:
-            span.end()
+            end_span(span)
         return wrapped(*args, **kwargs)
 
     def observed_factory() -> Any:

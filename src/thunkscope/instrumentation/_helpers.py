@@ -6,17 +6,11 @@ thunkscope's own helpers of the same names (`thunkscope._gather`, `thunkscope._l
 
 from __future__ import annotations
 
-import time
 from collections.abc import Coroutine, Sized
 from typing import Any
 
-from opentelemetry import trace as trace_api
-
-from thunkscope import _events as events
 from thunkscope import _gather as core_gather
 from thunkscope import _loop as core_loop
-from thunkscope import _names as n
-from thunkscope._telemetry import telemetry
 
 
 def wait_for_all_mots_wrapper(
@@ -39,19 +33,7 @@ async def _observed_gather(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str
             else:
                 kwargs = {**kwargs, "mots": mots}
     size = len(mots) if isinstance(mots, Sized) else 0
-    span = core_gather._start_span(size)
-    start = time.monotonic()
-    error: BaseException | None = None
-    with trace_api.use_span(
-        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-    ):
-        try:
-            await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            core_gather._finish(span, size, error, time.monotonic() - start)
+    await core_gather.observed(size, lambda: wrapped(*args, **kwargs))
 
 
 def get_current_event_loop_wrapper(
@@ -59,14 +41,5 @@ def get_current_event_loop_wrapper(
 ) -> Any:
     """``get_current_event_loop``: mellea's answer, counted, with the core's span and log."""
     loop = wrapped(*args, **kwargs)
-    found = loop is not None
-    stats = telemetry.loop_stats
-    if found:
-        stats.found += 1
-    else:
-        stats.missing += 1
-    if telemetry.cheap_span_wanted():
-        core_loop._record_span(found)
-    if events.enabled(events.DEBUG):
-        events.emit(events.DEBUG, n.LOG_EVENT_LOOP_LOOKUP, found=found)
+    core_loop.observe_lookup(loop is not None)
     return loop

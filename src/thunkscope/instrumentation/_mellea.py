@@ -33,12 +33,13 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
+from thunkscope import _names as n
 from thunkscope._telemetry import telemetry
 from thunkscope.instrumentation import _cache, _helpers
 from thunkscope.instrumentation._stream import label_for_module, make_send_to_queue_wrapper
 from thunkscope.instrumentation.package import _instruments
 
-_log = logging.getLogger("thunkscope")
+_log = logging.getLogger(n.LOGGER_NAME)
 
 INSTALL_HINT: Final = (
     "thunkscope's MelleaInstrumentor instruments mellea, which is not installed: "
@@ -48,7 +49,6 @@ INSTALL_HINT: Final = (
 _HELPERS_MODULE: Final = "mellea.helpers.async_helpers"
 _BACKENDS_PACKAGE: Final = "mellea.backends"
 _FUNCTIONS: Final = ("send_to_queue", "wait_for_all_mots", "get_current_event_loop")
-_CACHE_METHODS: Final = ("get", "put", "get_or_create", "_put_locked")
 
 
 @dataclass
@@ -197,12 +197,12 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             "get_or_create": _cache.get_or_create_wrapper,
             "_put_locked": _cache.put_locked_wrapper,
         }
-        for name in _CACHE_METHODS:
+        for name, wrapper in wrappers.items():
             original = vars(cls).get(name)
             if original is None:
                 continue
             patches.cache_methods[name] = original
-            setattr(cls, name, wrapt.FunctionWrapper(original, wrappers[name]))
+            setattr(cls, name, wrapt.FunctionWrapper(original, wrapper))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
@@ -215,7 +215,7 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._own_providers = False
         handler = self._log_handler
         if handler is not None:
-            logging.getLogger("thunkscope").removeHandler(handler)
+            logging.getLogger(n.LOGGER_NAME).removeHandler(handler)
             self._log_handler = None
 
 
@@ -232,5 +232,5 @@ def _log_bridge(logger_provider: Any) -> logging.Handler:
     from thunkscope.instrumentation._logs import OTelLogHandler
 
     handler = OTelLogHandler(logger_provider)
-    logging.getLogger("thunkscope").addHandler(handler)
+    logging.getLogger(n.LOGGER_NAME).addHandler(handler)
     return handler

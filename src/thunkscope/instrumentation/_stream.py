@@ -28,7 +28,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Final
+from typing import Any
 
 import structlog
 from opentelemetry import context as otel_context
@@ -49,9 +49,6 @@ from thunkscope._watch import (
     unregister,
 )
 from thunkscope.instrumentation import _ids
-
-# The attribute thunkscope's own send_to_queue puts on its `stream.timeout` event.
-CHUNK_TIMEOUT_ATTRIBUTE: Final = "thunkscope.stream.chunk_timeout"
 
 
 def label_for_module(module_name: str) -> str:
@@ -82,10 +79,8 @@ class _Observation:
     def __init__(self, watch: StreamWatch, queue: Any) -> None:
         self.watch = watch
         self.queue = queue
-        maxsize = getattr(queue, "maxsize", None)
-        self.bounded = (
-            isinstance(maxsize, int) and maxsize > 0 and callable(getattr(queue, "full", None))
-        )
+        # Whether mellea's put may block, by the core's rule (no queue: never).
+        self.bounded = queue is not None and core_stream._is_bounded(queue)
         self.mode: str | None = None
         self.error: BaseException | None = None
         self.cancelled = False
@@ -162,8 +157,7 @@ class _ObservedIterator:
             watch.note_item(now)  # first item, a new longest gap, or the end of a stall
         watch.last = now
         watch.items += 1
-        if observation.bounded and observation.queue.full():
-            observation.before_put(now)
+        observation.before_put(now)
         return item
 
     def __getattr__(self, name: str) -> Any:
@@ -233,9 +227,10 @@ async def observe_send_to_queue(
     queue = queue_of(target)
 
     start = time.monotonic()
-    span = core_stream._start_span(name)
+    stream_id = new_stream_id()
+    span = core_stream._start_span(name, stream_id)
     watch = StreamWatch(
-        stream_id=new_stream_id(),
+        stream_id=stream_id,
         name=name,
         span=span,
         timeout=None,  # mellea enforces its own chunk_timeout: the watch only warns
@@ -247,7 +242,6 @@ async def observe_send_to_queue(
     if generation is not None:
         ids[_ids.GENERATION_ID] = generation
     if span.is_recording():
-        span.set_attribute(n.STREAM_ID, watch.stream_id)
         span.set_attributes(ids)
     token = (
         otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
@@ -325,7 +319,7 @@ def _end(
                 )
             elif outcome == n.OUTCOME_TIMEOUT:
                 seconds = chunk_timeout if isinstance(chunk_timeout, int | float) else 0.0
-                span.add_event(n.EVENT_TIMEOUT, {CHUNK_TIMEOUT_ATTRIBUTE: float(seconds)})
+                span.add_event(n.EVENT_TIMEOUT, {n.STREAM_CHUNK_TIMEOUT: float(seconds)})
     except Exception as exc:
         report_failure("mellea stream events", exc)
     if outcome == n.OUTCOME_TIMEOUT and isinstance(chunk_timeout, int | float):
