@@ -344,7 +344,8 @@ def _finish(
     duration = end - watch.started
     ttfi = None if watch.first_item_at is None else watch.first_item_at - watch.started
     error_type = None if error is None else type(error).__qualname__
-    failed = error_type is not None and outcome != n.OUTCOME_CANCELLED
+    # The error that makes this stream a failure (a cancellation is not one).
+    failure = error_type if outcome != n.OUTCOME_CANCELLED else None
     try:
         if span.is_recording():
             attributes: dict[str, Any] = {
@@ -357,10 +358,10 @@ def _finish(
                 attributes[n.STREAM_MODE] = mode
             if ttfi is not None:
                 attributes[n.STREAM_TIME_TO_FIRST_ITEM] = ttfi
-            if failed:
-                attributes[n.ERROR_TYPE] = error_type
+            if failure is not None:
+                attributes[n.ERROR_TYPE] = failure
                 span.set_status(
-                    Status(StatusCode.ERROR, _status_description(outcome, watch, error_type))
+                    Status(StatusCode.ERROR, _status_description(outcome, watch, failure))
                 )
             span.set_attributes(attributes)
     except Exception as exc:
@@ -371,8 +372,8 @@ def _finish(
         label = telemetry.stream_names.fold(watch.name)
         by_name = {n.STREAM_NAME: label}
         duration_labels = {n.STREAM_NAME: label, n.STREAM_OUTCOME: outcome}
-        if failed:
-            duration_labels[n.ERROR_TYPE] = error_type
+        if failure is not None:
+            duration_labels[n.ERROR_TYPE] = failure
         # The context the records would look up themselves (the stream's span is still
         # attached): handing it over spares the SDK a lookup per record, and exemplars
         # keep their trace link.
