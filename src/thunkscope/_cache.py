@@ -285,16 +285,9 @@ class ClientCache(Generic[K, V]):
         evicted: bool | None = None,
     ) -> None:
         size = len(self.cache)
-        report(
-            start_span(span_name, self.name),
-            self.name,
-            size,
-            self.capacity,
-            level,
-            event,
-            result=result,
-            evicted=evicted,
-        )
+        if telemetry.cheap_span_wanted():
+            _instant_span(span_name, self.name, size, result, evicted)
+        report(None, self.name, size, self.capacity, level, event, result=result, evicted=evicted)
 
     def _hand_over(self, value: V) -> None:
         """Hand a value that left the cache to `on_evict`; errors are logged, never raised."""
@@ -317,6 +310,28 @@ def start_span(span_name: str, cache_name: str) -> Span | None:
     except Exception as exc:
         report_failure("span start", exc)
         return None
+
+
+def _instant_span(
+    span_name: str, cache_name: str, size: int, result: str | None, evicted: bool | None
+) -> None:
+    """The span of an operation already done: every attribute at start, one pass, ended."""
+    attributes: dict[str, Any] = {n.CACHE_NAME: cache_name, n.CACHE_SIZE: size}
+    if result is not None:
+        attributes[n.CACHE_RESULT] = result
+    if evicted is not None:
+        attributes[n.CACHE_EVICTED] = evicted
+    try:
+        span = telemetry.tracer.start_span(span_name, attributes=attributes)
+    except Exception as exc:
+        report_failure("span start", exc)
+        return
+    if evicted or result == n.RESULT_STALE:
+        try:
+            span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: cache_name})
+        except Exception as exc:
+            report_failure("span event", exc)
+    end_span(span)
 
 
 def report(
