@@ -83,8 +83,9 @@ class TestIdReuse:
         assert cache._stats.hits == 0
         assert cache._stats.misses + cache._stats.stale == 60
         # A loop whose id was last used within the cache's reach finds that dead loop's key.
+        # How often CPython reuses a freed loop's address depends on the allocator's state
+        # (often here, sometimes never in a run); the next test makes the reuse certain.
         reused = sum(1 for i, key in enumerate(ids) if key in ids[max(0, i - cache.capacity) : i])
-        assert reused > 0, "no id reuse: test proves nothing here"
         assert cache._stats.stale >= reused
 
     def test_entry_of_a_collected_loop_is_a_stale_miss(self) -> None:
