@@ -379,42 +379,22 @@ class Instruments:
         self.stream_stalls = meter.create_counter(
             n.STREAM_STALLS.name, unit=n.STREAM_STALLS.unit, description=n.STREAM_STALLS.description
         )
-        meter.create_observable_up_down_counter(
-            n.STREAM_ACTIVE.name,
-            callbacks=[self._observe_active_streams],
-            unit=n.STREAM_ACTIVE.unit,
-            description=n.STREAM_ACTIVE.description,
+        observable = (
+            (
+                meter.create_observable_up_down_counter,
+                n.STREAM_ACTIVE,
+                self._observe_active_streams,
+            ),
+            (meter.create_observable_counter, n.CACHE_LOOKUPS, self._observe_cache_lookups),
+            (meter.create_observable_counter, n.CACHE_EVICTIONS, self._observe_cache_evictions),
+            (meter.create_observable_gauge, n.CACHE_ENTRY_COUNT, self._observe_cache_entries),
+            (meter.create_observable_gauge, n.CACHE_ENTRY_LIMIT, self._observe_cache_limits),
+            (meter.create_observable_counter, n.EVENT_LOOP_LOOKUPS, self._observe_loop_lookups),
         )
-        meter.create_observable_counter(
-            n.CACHE_LOOKUPS.name,
-            callbacks=[self._observe_cache_lookups],
-            unit=n.CACHE_LOOKUPS.unit,
-            description=n.CACHE_LOOKUPS.description,
-        )
-        meter.create_observable_counter(
-            n.CACHE_EVICTIONS.name,
-            callbacks=[self._observe_cache_evictions],
-            unit=n.CACHE_EVICTIONS.unit,
-            description=n.CACHE_EVICTIONS.description,
-        )
-        meter.create_observable_gauge(
-            n.CACHE_ENTRY_COUNT.name,
-            callbacks=[self._observe_cache_entries],
-            unit=n.CACHE_ENTRY_COUNT.unit,
-            description=n.CACHE_ENTRY_COUNT.description,
-        )
-        meter.create_observable_gauge(
-            n.CACHE_ENTRY_LIMIT.name,
-            callbacks=[self._observe_cache_limits],
-            unit=n.CACHE_ENTRY_LIMIT.unit,
-            description=n.CACHE_ENTRY_LIMIT.description,
-        )
-        meter.create_observable_counter(
-            n.EVENT_LOOP_LOOKUPS.name,
-            callbacks=[self._observe_loop_lookups],
-            unit=n.EVENT_LOOP_LOOKUPS.unit,
-            description=n.EVENT_LOOP_LOOKUPS.description,
-        )
+        for create, metric, callback in observable:
+            create(
+                metric.name, callbacks=[callback], unit=metric.unit, description=metric.description
+            )
 
     def _observe_active_streams(self, _: CallbackOptions) -> Iterator[Observation]:
         active = self._telemetry.active_streams()
