@@ -262,18 +262,7 @@ class StreamWatch:
         self.watermark = -1.0  # the next item takes the slow path and reports the resume
         if self.state != BLOCKED_ON_PUT:
             self.state = STALLED
-        attrs = {n.STREAM_GAP: idle, n.STREAM_ITEMS: self.items}
-        if self.span.is_recording():
-            self.span.add_event(n.EVENT_STALLED, attrs)
-        events.emit(
-            events.WARNING,
-            n.LOG_STREAM_STALLED,
-            stream_id=self.stream_id,
-            stream=self.name,
-            gap_s=round(idle, 6),
-            items=self.items,
-            **events.span_ids(self.span),
-        )
+        self._tell(n.EVENT_STALLED, {n.STREAM_GAP: idle}, events.WARNING, gap_s=round(idle, 6))
         telemetry.instruments.stream_stalls.add(
             1, {n.STREAM_NAME: telemetry.stream_names.fold(self.name)}
         )
@@ -288,19 +277,7 @@ class StreamWatch:
             return
         gap = now - start
         try:
-            if self.span.is_recording():
-                self.span.add_event(
-                    n.EVENT_RESUMED, {n.STREAM_GAP: gap, n.STREAM_ITEMS: self.items}
-                )
-            events.emit(
-                events.INFO,
-                n.LOG_STREAM_RESUMED,
-                stream_id=self.stream_id,
-                stream=self.name,
-                gap_s=round(gap, 6),
-                items=self.items,
-                **events.span_ids(self.span),
-            )
+            self._tell(n.EVENT_RESUMED, {n.STREAM_GAP: gap}, events.INFO, gap_s=round(gap, 6))
         except Exception as exc:
             report_failure("stream watch", exc)
         self.arm(now)
@@ -310,17 +287,25 @@ class StreamWatch:
             return
         self.backpressure_warned = True
         waited = now - self.put_started
+        self._tell(
+            n.EVENT_BACKPRESSURE, {n.QUEUE_WAIT: waited}, events.WARNING, blocked_s=round(waited, 6)
+        )
+
+    def _tell(self, event: str, attributes: dict[str, float], level: int, **fields: float) -> None:
+        """One watch event, on the span and as the log event of the same name.
+
+        Called from the timer, outside the stream's context: the span's ids are added
+        explicitly. The span event and the log both carry the items so far.
+        """
         if self.span.is_recording():
-            self.span.add_event(
-                n.EVENT_BACKPRESSURE, {n.QUEUE_WAIT: waited, n.STREAM_ITEMS: self.items}
-            )
+            self.span.add_event(event, {**attributes, n.STREAM_ITEMS: self.items})
         events.emit(
-            events.WARNING,
-            n.LOG_STREAM_BACKPRESSURE,
+            level,
+            event,
             stream_id=self.stream_id,
             stream=self.name,
-            blocked_s=round(waited, 6),
             items=self.items,
+            **fields,
             **events.span_ids(self.span),
         )
 
