@@ -273,34 +273,29 @@ async def _on_stream_timeout(
     if watch.span.is_recording():
         watch.span.add_event(n.EVENT_TIMEOUT, {n.STREAM_CHUNK_TIMEOUT: watch.timeout or 0.0})
     if on_timeout is not None:
-        try:
-            result = on_timeout()
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
-            events.emit(
-                events.ERROR,
-                n.LOG_STREAM_ON_TIMEOUT_FAILED,
-                stream_id=watch.stream_id,
-                stream=watch.name,
-                error_type=type(exc).__qualname__,
-            )
+        await _call_quietly(on_timeout, watch, events.ERROR, n.LOG_STREAM_ON_TIMEOUT_FAILED)
     await watch.put(aqueue, error)
 
 
 async def _close_iterator(iterator: Any, watch: StreamWatch) -> None:
     """Close a stalled iterator so its connection is released; never raise."""
     close = getattr(iterator, "aclose", None) or getattr(iterator, "close", None)
-    if close is None:
-        return
+    if close is not None:
+        await _call_quietly(close, watch, events.WARNING, n.LOG_STREAM_CLOSE_FAILED)
+
+
+async def _call_quietly(
+    call: Callable[[], object], watch: StreamWatch, level: int, failed_event: str
+) -> None:
+    """Call a backend's hook (sync or async); an exception from it is logged, never raised."""
     try:
-        result = close()
+        result = call()
         if inspect.isawaitable(result):
             await result
     except Exception as exc:
         events.emit(
-            events.WARNING,
-            n.LOG_STREAM_CLOSE_FAILED,
+            level,
+            failed_event,
             stream_id=watch.stream_id,
             stream=watch.name,
             error_type=type(exc).__qualname__,
