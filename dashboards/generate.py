@@ -427,9 +427,9 @@ def streams() -> Any:
         .with_panel(
             graph(
                 ids,
-                "Put-wait per stream",
-                "Time one stream spent blocked on a full queue: the consumer is slower "
-                "than the backend.",
+                "Put-wait of streams that blocked",
+                "Time a stream spent blocked on a full queue (the consumer is slower than "
+                "the backend), over the streams that blocked at all.",
                 [
                     prom(
                         quantile(0.95, names.QUEUE_PUT_WAIT, sel, STREAM),
@@ -439,7 +439,25 @@ def streams() -> Any:
                     prom(mean(names.QUEUE_PUT_WAIT, sel, STREAM), f"mean {shown(STREAM)}", "B"),
                 ],
                 unit="s",
-                width=8,
+                width=6,
+            )
+        )
+        .with_panel(
+            graph(
+                ids,
+                "Streams that blocked",
+                "Share of ending streams that blocked on a full queue at least once: "
+                "put_wait is recorded only for those.",
+                [
+                    prom(
+                        f"{rate(names.QUEUE_PUT_WAIT, '_count', sel, STREAM)}"
+                        f" / {rate(names.STREAM_DURATION, '_count', sel, STREAM)}",
+                        shown(STREAM),
+                    )
+                ],
+                unit="percentunit",
+                width=6,
+                maximum=1,
             )
         )
         .with_panel(
@@ -449,7 +467,7 @@ def streams() -> Any:
                 "Seconds spent blocked on full queues per second, summed over streams.",
                 [prom(rate(names.QUEUE_PUT_WAIT, "_sum", sel, STREAM), shown(STREAM))],
                 unit="s",
-                width=8,
+                width=6,
             )
         )
         .with_panel(
@@ -463,7 +481,7 @@ def streams() -> Any:
                     prom(mean(names.STREAM_ITEM_COUNT, sel), "mean", "C"),
                 ],
                 unit="short",
-                width=8,
+                width=6,
             )
         )
         .with_row(dashboard.Row("Logs").id(ids()))

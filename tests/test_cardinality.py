@@ -87,7 +87,6 @@ class TestStreamNames:
         for metric in (
             "thunkscope.stream.duration",
             "thunkscope.stream.time_to_first_item",
-            "thunkscope.queue.put_wait",
             "thunkscope.stream.active",
         ):
             series = metrics.series(metric)

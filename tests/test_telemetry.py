@@ -309,12 +309,33 @@ class TestMetrics:
         assert ttfi.count == 4
         (gap,) = telemetry.points(n.STREAM_MAX_GAP.name)
         assert gap.count == 2  # only streams with two items or more have a gap
-        (put_wait,) = telemetry.points(n.QUEUE_PUT_WAIT.name)
-        assert (put_wait.count, put_wait.sum) == (4, 0.0)
+        # No stream blocked on its unbounded queue: none has a put_wait to record.
+        assert telemetry.points(n.QUEUE_PUT_WAIT.name) == []
         active = {
             p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
         }
         assert active["wl"] == 0
+
+    async def test_put_wait_counts_only_streams_that_blocked(self, telemetry: Telemetry) -> None:
+        """Of two streams into full queues and one into an empty one, put_wait counts two."""
+
+        async def drain_later(queue: asyncio.Queue[Any]) -> list[Any]:
+            await asyncio.sleep(0.02)  # the producer meets a full queue and waits
+            return [queue.get_nowait() for _ in range(queue.qsize())] + [await queue.get()]
+
+        for name in ("blocked", "blocked"):
+            queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+            drained = asyncio.create_task(drain_later(queue))
+            await send_to_queue(agen("a"), queue, name=name)
+            assert await drained == ["a", None]
+        await send_to_queue(agen("a"), asyncio.Queue(maxsize=5), name="free")
+        (point,) = telemetry.points(n.QUEUE_PUT_WAIT.name)
+        assert dict(point.attributes) == {n.STREAM_NAME: "blocked"}
+        assert point.count == 2
+        assert point.sum >= 2 * 0.015
+        spans = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        free = [s for s in spans if s.attributes[n.STREAM_NAME] == "free"]
+        assert [s.attributes[n.STREAM_PUT_WAIT] for s in free] == [0.0]
 
     async def test_active_streams_while_running(self, telemetry: Telemetry) -> None:
         """thunkscope.stream.active counts streams in flight and returns to zero."""
@@ -403,6 +424,11 @@ class TestMetrics:
             yield 2
 
         await send_to_queue(stalls(), asyncio.Queue(), stall_after=0.03, name="units")
+        full: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        blocked = asyncio.create_task(send_to_queue(agen(1), full, name="units"))
+        await asyncio.sleep(0.01)  # the terminator waits for room: a put_wait to record
+        assert (full.get_nowait(), await full.get()) == (1, None)
+        await blocked
         for metric in n.METRICS:
             collected = telemetry.metric(metric.name)
             assert collected.unit == metric.unit, metric.name

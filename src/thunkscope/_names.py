@@ -159,7 +159,8 @@ STREAM_STALLS = Metric(
 )  # fmt: skip
 QUEUE_PUT_WAIT = Metric(
     "thunkscope.queue.put_wait", "histogram", "s",
-    "Time one stream spent blocked on a full queue (consumer backpressure).",
+    "Time a stream spent blocked on a full queue (consumer backpressure); "
+    "recorded only for streams that blocked, so the count is how many did.",
     (STREAM_NAME,),
 )  # fmt: skip
 GATHER_DURATION = Metric(

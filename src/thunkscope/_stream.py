@@ -375,7 +375,10 @@ def _finish(
         context = otel_context.get_current()
         instruments = telemetry.instruments
         instruments.stream_duration.record(duration, duration_labels, context)
-        instruments.queue_put_wait.record(watch.put_wait, by_name, context)
+        if watch.put_wait:
+            # Only streams that blocked: the count is how many met backpressure, and the
+            # common stream pays for no record it would add only a zero to.
+            instruments.queue_put_wait.record(watch.put_wait, by_name, context)
         if ttfi is not None:
             instruments.stream_ttfi.record(ttfi, by_name, context)
         if mode == n.MODE_ITERATOR:
