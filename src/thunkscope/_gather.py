@@ -41,7 +41,11 @@ async def observed(size: int, run: Callable[[], Awaitable[Any]]) -> None:
     span = _start_span(size)
     start = time.monotonic()
     error: BaseException | None = None
-    token = otel_context.attach(trace_api.set_span_in_context(span))
+    # Only a recording span becomes current: an invalid one would hide the caller's span
+    # from the thunks' tasks.
+    token = (
+        otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
+    )
     try:
         await run()
     except BaseException as exc:
@@ -51,7 +55,8 @@ async def observed(size: int, run: Callable[[], Awaitable[Any]]) -> None:
         try:
             _finish(span, size, error, time.monotonic() - start)
         finally:
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
 
 
 def _checked(mots: Iterable[Any]) -> list[Callable[[], Awaitable[Any]]]:
@@ -62,7 +67,10 @@ def _checked(mots: Iterable[Any]) -> list[Callable[[], Awaitable[Any]]]:
         raise TypeError(
             f"mots must be an iterable of model output thunks, got {type(mots).__name__}"
         ) from None
-    avalues: list[Any] = [getattr(thunk, "avalue", None) for thunk in thunks]
+    try:
+        avalues: list[Any] = [thunk.avalue for thunk in thunks]
+    except AttributeError:
+        avalues = [getattr(thunk, "avalue", None) for thunk in thunks]
     if not all(map(callable, avalues)):
         index = next(i for i, avalue in enumerate(avalues) if not callable(avalue))
         raise TypeError(
