@@ -124,6 +124,24 @@ class Check:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Part:
+    """A share of a figure, in units of its baseline: where the cost goes, not a target."""
+
+    name: str
+    value_ns: float
+    ratio: float
+
+
+def part(name: str, samples: Sequence[float], baseline_samples: Sequence[float]) -> Part:
+    """A part from paired samples (ns): the median of the per-repetition ratios."""
+    ratios = [
+        value / base if base > 0 else math.inf
+        for value, base in zip(samples, baseline_samples, strict=True)
+    ]
+    return Part(name, statistics.median(samples), statistics.median(ratios))
+
+
 def figure(
     name: str,
     samples: Sequence[float],
@@ -238,6 +256,61 @@ async def timeout_loop(
             break
         await queue.put(item)
     await queue.put(None)
+
+
+async def contract_calls_loop(
+    iterator: AsyncIterator[Any], queue: asyncio.Queue[Any], tracer: Any, instruments: Any
+) -> None:
+    """The plain loop plus exactly the SDK calls SPEC section 2 asks of a completed stream.
+
+    Its span (two attributes at the start, the first-item and sentinel events, six at the
+    end), made current while the stream runs, and the three histogram records of a stream
+    that never blocked (duration, time to first item, items) inside its context. Nothing
+    else: no watch, no registry, no log. What this costs beyond the plain loop is the
+    floor under `send_to_queue`'s fixed cost that no code of thunkscope's can go below.
+    """
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace as trace_api
+    from opentelemetry.trace import SpanKind
+
+    from thunkscope import _names as n
+
+    start = time.monotonic()
+    span = tracer.start_span(
+        n.SPAN_SEND_TO_QUEUE,
+        kind=SpanKind.PRODUCER,
+        attributes={n.STREAM_NAME: "default", n.STREAM_ID: "bench-1"},
+    )
+    token = otel_context.attach(trace_api.set_span_in_context(span))
+    items, first = 0, start
+    async for item in iterator:
+        if not items:
+            first = time.monotonic()
+            span.add_event(n.EVENT_FIRST_ITEM)
+        items += 1
+        await queue.put(item)
+    await queue.put(None)
+    span.add_event(n.EVENT_SENTINEL, {n.STREAM_ITEMS: items})
+    duration = time.monotonic() - start
+    span.set_attributes(
+        {
+            n.STREAM_ITEMS: items,
+            n.STREAM_OUTCOME: n.OUTCOME_COMPLETED,
+            n.STREAM_MAX_ITEM_GAP: 0.0,
+            n.STREAM_PUT_WAIT: 0.0,
+            n.STREAM_MODE: n.MODE_ITERATOR,
+            n.STREAM_TIME_TO_FIRST_ITEM: first - start,
+        }
+    )
+    span.end()
+    context = otel_context.get_current()
+    by_name = {n.STREAM_NAME: "default"}
+    instruments.stream_duration.record(
+        duration, {**by_name, n.STREAM_OUTCOME: n.OUTCOME_COMPLETED}, context
+    )
+    instruments.stream_ttfi.record(first - start, by_name, context)
+    instruments.stream_items.record(items, by_name, context)
+    otel_context.detach(token)
 
 
 class PlainLRU:
@@ -446,7 +519,7 @@ def worker_nosdk(sizes: Sizes) -> dict[str, Any]:
     }
 
 
-async def _sdk_figures(sizes: Sizes, sdk: Sdk) -> list[Figure]:
+async def _sdk_figures(sizes: Sizes, sdk: Sdk) -> tuple[list[Figure], list[Part]]:
     from thunkscope import ClientCache, send_to_queue, wait_for_all_mots
 
     tracer = sdk.tracer_provider.get_tracer("bench")
@@ -512,6 +585,22 @@ async def _sdk_figures(sizes: Sizes, sdk: Sdk) -> list[Figure]:
 
         return await time_async(block, n_streams)
 
+    from thunkscope._telemetry import telemetry
+
+    instruments, stream_tracer = telemetry.instruments, telemetry.tracer
+
+    async def contract_calls() -> float:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        sources = [numbers(1) for _ in range(n_streams)]
+
+        async def block() -> None:
+            for i, source in enumerate(sources):
+                await contract_calls_loop(source, queue, stream_tracer, instruments)
+                if i % SUSPEND_EVERY == 0:
+                    await asyncio.sleep(0)
+
+        return await time_async(block, n_streams)
+
     async def bare_spans() -> float:
         async def block() -> None:
             for i in range(n_spans):
@@ -527,12 +616,30 @@ async def _sdk_figures(sizes: Sizes, sdk: Sdk) -> list[Figure]:
         {
             "span": (bare_spans, flush),
             "plain": (plain_one_item_loops, flush),
+            "contract": (contract_calls, flush),
             "stream": (one_item_streams, flush),
         },
     )
     # What thunkscope adds to a one-item stream: the same stream through the plain loop
     # is subtracted, repetition by repetition.
     fixed_cost = [ts - plain for ts, plain in zip(fixed["stream"], fixed["plain"], strict=True)]
+    # The same, split: the SDK calls the contract asks for, and what thunkscope adds to them.
+    contract_cost = [
+        calls - plain for calls, plain in zip(fixed["contract"], fixed["plain"], strict=True)
+    ]
+    own_cost = [ts - calls for ts, calls in zip(fixed["stream"], fixed["contract"], strict=True)]
+    breakdown = [
+        part(
+            "of the fixed cost: the SDK calls SPEC section 2 asks of a one-item stream, alone",
+            contract_cost,
+            fixed["span"],
+        ),
+        part(
+            "of the fixed cost: what send_to_queue adds to those calls",
+            own_cost,
+            fixed["span"],
+        ),
+    ]
 
     # -- ClientCache.get hit with the SDK, against one bare span --------------------------------
     cache: ClientCache[int, object] = ClientCache(4)
@@ -577,7 +684,7 @@ async def _sdk_figures(sizes: Sizes, sdk: Sdk) -> list[Figure]:
     )
 
     width = sizes.gather_width
-    return [
+    figures = [
         figure(
             f"send_to_queue per item (SDK, chunk_timeout=120, stall watch, {n_items:,} items)",
             per_item["thunkscope"],
@@ -614,13 +721,14 @@ async def _sdk_figures(sizes: Sizes, sdk: Sdk) -> list[Figure]:
             1.2,
         ),
     ]
+    return figures, breakdown
 
 
 def worker_sdk(sizes: Sizes) -> dict[str, Any]:
     """Every figure that needs the SDK configured, in one process with global providers."""
     sdk = install_sdk()
     try:
-        figures = asyncio.run(_sdk_figures(sizes, sdk))
+        figures, breakdown = asyncio.run(_sdk_figures(sizes, sdk))
         sdk.flush()
         ended = sum(sdk.ended.ended.values())
         exported = sdk.exporter.exported
@@ -628,6 +736,7 @@ def worker_sdk(sizes: Sizes) -> dict[str, Any]:
         sdk.shutdown()
     return {
         "figures": [asdict(f) for f in figures],
+        "breakdown": [asdict(p) for p in breakdown],
         "spans": {"ended": ended, "exported": exported, "dropped": ended - exported},
         "batch_settings": sdk.batch_settings,
     }
@@ -856,6 +965,13 @@ def table(figures: Iterable[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def breakdown_lines(parts: Iterable[dict[str, Any]]) -> str:
+    """Where a figure's cost goes, one line per part, in units of its baseline."""
+    return "\n".join(
+        f"* {p['name']}: {_ns(p['value_ns'])} ns, {p['ratio']:.2f} bare spans" for p in parts
+    )
+
+
 def checks_table(checks: Iterable[dict[str, Any]]) -> str:
     """The resource checks, one line each."""
     return "\n".join(f"- {'pass' if c['passed'] else 'FAIL'}: {c['summary']}" for c in checks)
@@ -890,6 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     figures: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
+    breakdown: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     groups = args.only.split(",") if args.only else list(WORKERS)
     unknown = set(groups) - set(WORKERS)
@@ -899,6 +1016,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_worker(name, args.quick, args.clock)
         figures.extend(result.get("figures", []))
         checks.extend(result.get("checks", []))
+        breakdown.extend(result.get("breakdown", []))
         if "spans" in result:
             extra["sdk_worker_spans"] = result["spans"]
     elapsed = time.perf_counter() - started
@@ -909,6 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "figures": figures,
         "checks": checks,
+        "breakdown": breakdown,
         "all_passed": all(f["passed"] for f in figures) and all(c["passed"] for c in checks),
         "elapsed_s": round(elapsed, 1),
         **extra,
@@ -923,6 +1042,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(figures))
     print()
+    if breakdown:
+        print(breakdown_lines(breakdown))
+        print()
     print(checks_table(checks))
     print()
     print(

@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from conftest import Telemetry
+from thunkscope import _names as n
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
 FIGURE_KEYS = {
@@ -40,6 +43,11 @@ TARGETS = {
     ("ClientCache.get hit (SDK)", "one bare SDK span"): 1.5,
     ("wait_for_all_mots of 100", "bare asyncio.gather"): 1.2,
 }
+
+
+def drain(queue: asyncio.Queue[Any]) -> list[Any]:
+    """Everything on the queue now, in order."""
+    return [queue.get_nowait() for _ in range(queue.qsize())]
 
 
 def _load_bench() -> ModuleType:
@@ -98,6 +106,22 @@ class TestQuickRun:
             found[key] = fig["target"]
         assert found == TARGETS
 
+    def test_fixed_cost_is_split_at_the_contract_floor(
+        self, quick_run: tuple[str, dict[str, Any]]
+    ) -> None:
+        """The fixed cost is printed in two parts: the contract's SDK calls, and the rest."""
+        stdout, report = quick_run
+        names = [p["name"] for p in report["breakdown"]]
+        assert names == [
+            "of the fixed cost: the SDK calls SPEC section 2 asks of a one-item stream, alone",
+            "of the fixed cost: what send_to_queue adds to those calls",
+        ]
+        for name in names:
+            (line,) = [line for line in stdout.splitlines() if line.startswith(f"* {name}: ")]
+            assert line.endswith(" bare spans")
+        floor, _ = report["breakdown"]
+        assert floor["value_ns"] > 0  # tens of microseconds of SDK work: never lost in noise
+
     def test_report_shape(self, quick_run: tuple[str, dict[str, Any]]) -> None:
         """The JSON names the mode, the machine and the overall verdict."""
         _, report = quick_run
@@ -147,6 +171,34 @@ class TestBaselines:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         asyncio.run(bench.timeout_loop(bench.numbers(3), queue, 120.0))
         assert [queue.get_nowait() for _ in range(queue.qsize())] == [0, 1, 2, None]
+
+    def test_contract_calls_make_what_send_to_queue_makes(
+        self, bench: ModuleType, telemetry: Telemetry
+    ) -> None:
+        """The floor's span and metrics match a real one-item stream's, key for key."""
+        from thunkscope import send_to_queue
+        from thunkscope._telemetry import telemetry as state
+
+        async def both() -> list[Any]:
+            floor_queue: asyncio.Queue[Any] = asyncio.Queue()
+            await bench.contract_calls_loop(
+                bench.numbers(1), floor_queue, state.tracer, state.instruments
+            )
+            real_queue: asyncio.Queue[Any] = asyncio.Queue()
+            await send_to_queue(bench.numbers(1), real_queue)
+            return [drain(floor_queue), drain(real_queue)]
+
+        floor_items, real_items = asyncio.run(both())
+        assert floor_items == real_items == [0, None]
+        floor, real = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert (floor.kind, set(floor.attributes)) == (real.kind, set(real.attributes))
+        assert [(e.name, dict(e.attributes or {})) for e in floor.events] == [
+            (e.name, dict(e.attributes or {})) for e in real.events
+        ]
+        for metric in (n.STREAM_DURATION, n.STREAM_TTFI, n.STREAM_ITEM_COUNT):
+            (point,) = telemetry.points(metric.name)
+            assert point.count == 2, metric.name  # one from each
+        assert telemetry.points(n.QUEUE_PUT_WAIT.name) == []  # neither blocked
 
     def test_plain_lru_get(self, bench: ModuleType) -> None:
         """The plain LRU baseline returns hits, moves them to the end, and misses as None."""
