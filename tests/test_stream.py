@@ -273,7 +273,7 @@ class TestChunkTimeout:
         await asyncio.sleep(0.05)
         (watch,) = [w for w in _watch._registry.values() if w.name == "nt"]
         assert watch.timeout is None
-        assert watch._handle is None  # no timer: neither a deadline nor a stall watch
+        assert watch._check is None  # no check: neither a deadline nor a stall watch
         assert not task.done()
         assert drain(queue) == ["first"]
         task.cancel()

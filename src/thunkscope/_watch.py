@@ -1,9 +1,10 @@
-"""The stream watch: one lazily re-armed timer per stream, and the in-flight registry.
+"""The stream watch: one lazily re-armed check per stream, and the in-flight registry.
 
-A single timer per stream serves both the stall warning and the chunk_timeout
-deadline. The stream loop only stamps the time of each item; the timer, when it
-fires, compares that stamp with its thresholds and either re-arms itself for the
-next possible expiry, warns of a stall, or cancels the producing task on timeout.
+A single check per stream serves both the stall warning and the chunk_timeout
+deadline; the checks of one event loop share its one timer (`thunkscope._deadlines`).
+The stream loop only stamps the time of each item; the check, when it comes up,
+compares that stamp with its thresholds and either re-arms itself for the next
+possible expiry, warns of a stall, or cancels the producing task on timeout.
 Nothing is allocated and no timer is touched per item.
 
 Every running stream is registered here, so `thunkscope.inflight()` can answer
@@ -32,6 +33,7 @@ from opentelemetry import trace as trace_api
 
 from thunkscope import _events as events
 from thunkscope import _names as n
+from thunkscope._deadlines import Check, deadlines
 from thunkscope._telemetry import report_failure, telemetry
 
 if TYPE_CHECKING:
@@ -62,8 +64,8 @@ class StreamWatch:
     """
 
     __slots__ = (
-        "_handle",
-        "_loop",
+        "_check",
+        "_deadlines",
         "backend_type",
         "backpressure_warned",
         "expired",
@@ -125,16 +127,16 @@ class StreamWatch:
         self.iterating = False
         self.finishing = False
         self.task: asyncio.Task[Any] | None = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
-        self._handle: asyncio.TimerHandle | None = None
+        self._deadlines = deadlines()
+        self._check: Check | None = None
 
     # -- the timer ---------------------------------------------------------------------------
 
     def arm(self, now: float) -> None:
-        """(Re)schedule the single timer for the earliest moment something could be due."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        """(Re)schedule the single check for the earliest moment something could be due."""
+        if self._check is not None:
+            self._deadlines.cancel(self._check)
+            self._check = None
         if self.state == BLOCKED_ON_PUT:
             if self.stall_after is None or self.backpressure_warned or self.put_started is None:
                 return
@@ -149,17 +151,17 @@ class StreamWatch:
                 due = min(due, self.last + self.stall_after)
             if due == float("inf"):
                 return
-        self._handle = self._loop.call_later(max(0.0, due - now), self._on_timer)
+        self._check = self._deadlines.schedule(due, self._on_timer)
 
     def disarm(self) -> None:
         """Stop watching the backend: from now on only a blocked terminator put is watched."""
         self.finishing = True
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._check is not None:
+            self._deadlines.cancel(self._check)
+            self._check = None
 
     def _on_timer(self) -> None:
-        self._handle = None
+        self._check = None
         now = time.monotonic()
         try:
             if self.state == BLOCKED_ON_PUT:
