@@ -115,12 +115,20 @@ class TestQuickRun:
         assert names == [
             "of the fixed cost: the SDK calls SPEC section 2 asks of a one-item stream, alone",
             "of the fixed cost: what send_to_queue adds to those calls",
+            "wait_for_all_mots: the SDK calls SPEC section 2 asks of it around a bare gather, "
+            "alone",
         ]
-        for name in names:
-            (line,) = [line for line in stdout.splitlines() if line.startswith(f"* {name}: ")]
-            assert line.endswith(" bare spans")
-        floor, _ = report["breakdown"]
+        for p in report["breakdown"]:
+            (line,) = [line for line in stdout.splitlines() if line.startswith(f"* {p['name']}: ")]
+            assert line.endswith(f" {p['unit']}")
+        assert [p["unit"] for p in report["breakdown"]] == [
+            "bare spans",
+            "bare spans",
+            "x the bare gather",
+        ]
+        floor, _, gather = report["breakdown"]
         assert floor["value_ns"] > 0  # tens of microseconds of SDK work: never lost in noise
+        assert gather["ratio"] > 1  # a span and two records around the same gather
 
     def test_report_shape(self, quick_run: tuple[str, dict[str, Any]]) -> None:
         """The JSON names the mode, the machine and the overall verdict."""
@@ -199,6 +207,27 @@ class TestBaselines:
             (point,) = telemetry.points(metric.name)
             assert point.count == 2, metric.name  # one from each
         assert telemetry.points(n.QUEUE_PUT_WAIT.name) == []  # neither blocked
+
+    def test_contract_gather_makes_what_wait_for_all_mots_makes(
+        self, bench: ModuleType, telemetry: Telemetry
+    ) -> None:
+        """The gather floor's span and metrics match a real wait_for_all_mots call's."""
+        from thunkscope import wait_for_all_mots
+        from thunkscope._telemetry import telemetry as state
+
+        thunks = [bench.Thunk(i) for i in range(3)]
+
+        async def both() -> None:
+            await bench.contract_calls_gather(thunks, state.tracer, state.instruments)
+            await wait_for_all_mots(thunks)
+
+        asyncio.run(both())
+        floor, real = telemetry.spans(n.SPAN_WAIT_FOR_ALL_MOTS)
+        assert (floor.kind, dict(floor.attributes)) == (real.kind, dict(real.attributes))
+        assert floor.events == real.events == ()
+        for metric in (n.GATHER_DURATION, n.GATHER_SIZE_METRIC):
+            (point,) = telemetry.points(metric.name)
+            assert point.count == 2, metric.name
 
     def test_plain_lru_get(self, bench: ModuleType) -> None:
         """The plain LRU baseline returns hits, moves them to the end, and misses as None."""
