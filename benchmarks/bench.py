@@ -584,47 +584,38 @@ async def _sdk_figures(sizes: Sizes, sdk: Sdk) -> tuple[list[Figure], list[Part]
     # -- fixed cost of a one-item stream, against one bare span --------------------------------
     n_streams, n_spans = sizes.one_item_streams, sizes.spans
 
-    async def one_item_streams() -> float:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        sources = [numbers(1) for _ in range(n_streams)]
-
-        async def block() -> None:
-            for i, source in enumerate(sources):
-                await send_to_queue(
-                    source, queue, chunk_timeout=CHUNK_TIMEOUT, stall_after=STALL_AFTER
-                )
-                if i % SUSPEND_EVERY == 0:
-                    await asyncio.sleep(0)
-
-        return await time_async(block, n_streams)
-
-    async def plain_one_item_loops() -> float:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        sources = [numbers(1) for _ in range(n_streams)]
-
-        async def block() -> None:
-            for i, source in enumerate(sources):
-                await plain_loop(source, queue)
-                if i % SUSPEND_EVERY == 0:
-                    await asyncio.sleep(0)
-
-        return await time_async(block, n_streams)
-
     from thunkscope._telemetry import telemetry
 
     instruments, stream_tracer = telemetry.instruments, telemetry.tracer
 
-    async def contract_calls() -> float:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        sources = [numbers(1) for _ in range(n_streams)]
+    def one_item_block(
+        run: Callable[[AsyncIterator[int], asyncio.Queue[Any]], Awaitable[None]],
+    ) -> Callable[[], Awaitable[float]]:
+        """A timed block of `n_streams` one-item streams, each through `run(source, queue)`."""
 
-        async def block() -> None:
-            for i, source in enumerate(sources):
-                await contract_calls_loop(source, queue, stream_tracer, instruments)
-                if i % SUSPEND_EVERY == 0:
-                    await asyncio.sleep(0)
+        async def timed() -> float:
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            sources = [numbers(1) for _ in range(n_streams)]
 
-        return await time_async(block, n_streams)
+            async def block() -> None:
+                for i, source in enumerate(sources):
+                    await run(source, queue)
+                    if i % SUSPEND_EVERY == 0:
+                        await asyncio.sleep(0)
+
+            return await time_async(block, n_streams)
+
+        return timed
+
+    one_item_streams = one_item_block(
+        lambda source, queue: send_to_queue(
+            source, queue, chunk_timeout=CHUNK_TIMEOUT, stall_after=STALL_AFTER
+        )
+    )
+    plain_one_item_loops = one_item_block(plain_loop)
+    contract_calls = one_item_block(
+        lambda source, queue: contract_calls_loop(source, queue, stream_tracer, instruments)
+    )
 
     async def bare_spans() -> float:
         async def block() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,36 @@ def stdlib_records(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture
     """Records of the standard library logger ``thunkscope`` at every level."""
     caplog.set_level(logging.DEBUG, logger="thunkscope")
     return caplog
+
+
+@pytest.fixture
+def fresh_failure_reports() -> Iterator[None]:
+    """report_failure's once-per-place-and-type memory, empty for one test, restored after."""
+    saved = set(_telemetry._reported)
+    _telemetry._reported.clear()
+    try:
+        yield
+    finally:
+        _telemetry._reported.clear()
+        _telemetry._reported.update(saved)
+
+
+@pytest.fixture
+async def timers() -> AsyncIterator[list[float]]:
+    """Delays of every asyncio timer scheduled on the running loop meanwhile (call_later too)."""
+    loop = asyncio.get_running_loop()
+    scheduled: list[float] = []
+    call_at = loop.call_at
+
+    def counting_at(when: float, *args: Any, **kwargs: Any) -> Any:
+        scheduled.append(when - loop.time())
+        return call_at(when, *args, **kwargs)
+
+    loop.call_at = counting_at  # type: ignore[method-assign]
+    try:
+        yield scheduled
+    finally:
+        loop.call_at = call_at  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)

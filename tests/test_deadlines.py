@@ -8,45 +8,13 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 
-from thunkscope import _deadlines, _telemetry
+from thunkscope import _deadlines
 from thunkscope._deadlines import Deadlines, deadlines
 
 SOON = 0.02
-
-
-@pytest.fixture
-async def timers() -> AsyncIterator[list[float]]:
-    """Delays of every asyncio timer scheduled on the running loop meanwhile."""
-    loop = asyncio.get_running_loop()
-    scheduled: list[float] = []
-    call_at = loop.call_at
-
-    def counting_at(when: float, *args: Any, **kwargs: Any) -> Any:
-        scheduled.append(when - loop.time())
-        return call_at(when, *args, **kwargs)
-
-    loop.call_at = counting_at  # type: ignore[method-assign]
-    try:
-        yield scheduled
-    finally:
-        loop.call_at = call_at  # type: ignore[method-assign]
-
-
-@pytest.fixture
-def fresh_reports() -> Iterator[None]:
-    """report_failure's once-per-place memory, empty for this test and restored after."""
-    saved = set(_telemetry._reported)
-    _telemetry._reported.clear()
-    try:
-        yield
-    finally:
-        _telemetry._reported.clear()
-        _telemetry._reported.update(saved)
 
 
 class TestSchedule:
@@ -140,7 +108,7 @@ class TestPurge:
 
 class TestFailures:
     async def test_a_raising_callback_stops_no_other_check(
-        self, fresh_reports: None, caplog: pytest.LogCaptureFixture
+        self, fresh_failure_reports: None, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A check that raises is reported once; the checks after it still run."""
         caplog.set_level(logging.WARNING, logger="thunkscope")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -122,16 +122,8 @@ print(json.dumps(result))
 """
 
 
-@pytest.fixture(autouse=True)
-def _fresh_failure_reports() -> Iterator[None]:
-    """Each test sees report_failure's once-per-place-and-type log from scratch."""
-    saved = set(_telemetry._reported)
-    _telemetry._reported.clear()
-    try:
-        yield
-    finally:
-        _telemetry._reported.clear()
-        _telemetry._reported.update(saved)
+# Each test sees report_failure's once-per-place-and-type log from scratch.
+pytestmark = pytest.mark.usefixtures("fresh_failure_reports")
 
 
 def failure_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

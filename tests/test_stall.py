@@ -290,23 +290,6 @@ class TestStallSetting:
 
 
 class TestOneTimer:
-    @pytest.fixture
-    async def timers(self) -> AsyncIterator[list[float]]:
-        """Delays of every timer scheduled on the running loop meanwhile (call_later included)."""
-        loop = asyncio.get_running_loop()
-        scheduled: list[float] = []
-        call_at = loop.call_at
-
-        def counting_at(when: float, *args: Any, **kwargs: Any) -> Any:
-            scheduled.append(when - loop.time())
-            return call_at(when, *args, **kwargs)
-
-        loop.call_at = counting_at  # type: ignore[method-assign]
-        try:
-            yield scheduled
-        finally:
-            loop.call_at = call_at  # type: ignore[method-assign]
-
     async def test_no_timer_per_item(self, timers: list[float]) -> None:
         """10,000 items under a deadline and a stall watch schedule two timers, not one each."""
 
