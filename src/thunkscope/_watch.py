@@ -134,9 +134,7 @@ class StreamWatch:
 
     def arm(self, now: float) -> None:
         """(Re)schedule the single check for the earliest moment something could be due."""
-        if self._check is not None:
-            self._deadlines.cancel(self._check)
-            self._check = None
+        self._cancel_check()
         if self.state == BLOCKED_ON_PUT:
             if self.stall_after is None or self.backpressure_warned or self.put_started is None:
                 return
@@ -156,6 +154,9 @@ class StreamWatch:
     def disarm(self) -> None:
         """Stop watching the backend: from now on only a blocked terminator put is watched."""
         self.finishing = True
+        self._cancel_check()
+
+    def _cancel_check(self) -> None:
         if self._check is not None:
             self._deadlines.cancel(self._check)
             self._check = None
