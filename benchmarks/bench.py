@@ -134,13 +134,17 @@ class Part:
     unit: str
 
 
-def part(name: str, samples: Sequence[float], baseline_samples: Sequence[float], unit: str) -> Part:
-    """A part from paired samples (ns): the median of the per-repetition ratios."""
-    ratios = [
+def paired_ratio(samples: Sequence[float], baseline_samples: Sequence[float]) -> float:
+    """The median over repetitions of each repetition's ratio to its own baseline."""
+    return statistics.median(
         value / base if base > 0 else math.inf
         for value, base in zip(samples, baseline_samples, strict=True)
-    ]
-    return Part(name, statistics.median(samples), statistics.median(ratios), unit)
+    )
+
+
+def part(name: str, samples: Sequence[float], baseline_samples: Sequence[float], unit: str) -> Part:
+    """A part from paired samples (ns), one pair per repetition."""
+    return Part(name, statistics.median(samples), paired_ratio(samples, baseline_samples), unit)
 
 
 def figure(
@@ -151,11 +155,7 @@ def figure(
     target: float,
 ) -> Figure:
     """A figure from paired per-operation samples (ns), one pair per repetition."""
-    ratios = [
-        value / base if base > 0 else math.inf
-        for value, base in zip(samples, baseline_samples, strict=True)
-    ]
-    ratio = statistics.median(ratios)
+    ratio = paired_ratio(samples, baseline_samples)
     return Figure(
         name=name,
         value_ns=statistics.median(samples),
