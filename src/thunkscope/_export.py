@@ -11,6 +11,7 @@ episode warns again, at most once every `EXPORT_WARNING_INTERVAL_S`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -316,56 +317,38 @@ class Exporters:
         self.headers = headers or None
         self.health = ExportHealth(self.base or "the default OTLP endpoint")
 
-    def _http_endpoint(self, path: str) -> str | None:
-        return None if self.base is None else f"{self.base}/v1/{path}"
-
     def spans(self) -> SpanExporter:
-        if self.protocol == "grpc":
-            inner = _grpc("trace_exporter").OTLPSpanExporter(
-                endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
-            )
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            inner = OTLPSpanExporter(
-                endpoint=self._http_endpoint("traces"),
-                headers=self.headers,
-                timeout=EXPORT_TIMEOUT_S,
-            )
-        return _GuardedSpanExporter(inner, self.health)
+        return _GuardedSpanExporter(self._otlp("traces"), self.health)
 
     def metrics(self) -> MetricExporter:
-        if self.protocol == "grpc":
-            inner = _grpc("metric_exporter").OTLPMetricExporter(
-                endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
-            )
-        else:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-            inner = OTLPMetricExporter(
-                endpoint=self._http_endpoint("metrics"),
-                headers=self.headers,
-                timeout=EXPORT_TIMEOUT_S,
-            )
-        return _GuardedMetricExporter(inner, self.health)
+        return _GuardedMetricExporter(self._otlp("metrics"), self.health)
 
     def logs(self) -> LogRecordExporter:
-        if self.protocol == "grpc":
-            inner = _grpc("_log_exporter").OTLPLogExporter(
-                endpoint=self.base, headers=self.headers, timeout=EXPORT_TIMEOUT_S
-            )
-        else:
-            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        return _GuardedLogExporter(self._otlp("logs"), self.health)
 
-            inner = OTLPLogExporter(
-                endpoint=self._http_endpoint("logs"), headers=self.headers, timeout=EXPORT_TIMEOUT_S
+    def _otlp(self, signal: str) -> Any:
+        """The OTLP exporter of `signal` for this protocol, imported only when asked for."""
+        module, name = _OTLP_EXPORTERS[signal]
+        if self.protocol == "grpc":
+            exporter_class = getattr(_grpc(module), name)
+            endpoint = self.base  # gRPC takes the collector's address itself
+        else:
+            exporter_class = getattr(
+                importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{module}"), name
             )
-        return _GuardedLogExporter(inner, self.health)
+            endpoint = None if self.base is None else f"{self.base}/v1/{signal}"
+        return exporter_class(endpoint=endpoint, headers=self.headers, timeout=EXPORT_TIMEOUT_S)
+
+
+# signal -> (module under opentelemetry.exporter.otlp.proto.{http,grpc}, exporter class)
+_OTLP_EXPORTERS: Final = {
+    "traces": ("trace_exporter", "OTLPSpanExporter"),
+    "metrics": ("metric_exporter", "OTLPMetricExporter"),
+    "logs": ("_log_exporter", "OTLPLogExporter"),
+}
 
 
 def _grpc(module: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(f"opentelemetry.exporter.otlp.proto.grpc.{module}")
     except ImportError:
