@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
+from itertools import count
 from pathlib import Path
+from string import ascii_uppercase
 from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
@@ -106,13 +108,12 @@ def share(part: str, whole: str) -> str:
     return f"({part} or vector(0)) / {whole}"
 
 
-def prom(expr: str, legend: str, ref: str = "A", *, exemplars: bool = False) -> Any:
-    """A Prometheus target."""
+def prom(expr: str, legend: str, *, exemplars: bool = False) -> Any:
+    """A Prometheus target; its panel gives it a refId by position (`panel_targets`)."""
     return (
         prometheus.Dataquery()
         .expr(expr)
         .legend_format(legend)
-        .ref_id(ref)
         .range()
         .exemplar(exemplars)
         .datasource(PROMETHEUS)
@@ -123,37 +124,39 @@ def percentiles(metric: names.Metric, matchers: str, by: str = "") -> list[Any]:
     """p50, p95 and p99 targets of one histogram, with exemplars."""
     prefix = f"{shown(by)} " if by else ""
     return [
-        prom(quantile(q, metric, matchers, by), f"{prefix}p{round(q * 100)}", ref, exemplars=True)
-        for q, ref in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
+        prom(quantile(q, metric, matchers, by), f"{prefix}p{round(q * 100)}", exemplars=True)
+        for q in (0.5, 0.95, 0.99)
     ]
 
 
-class Ids:
-    """Hands out panel ids, unique within a dashboard."""
+def spread(metric: names.Metric, matchers: str) -> list[Any]:
+    """p50, p95 and mean targets of a histogram of counts (items, thunks), without exemplars."""
+    return [
+        prom(quantile(0.5, metric, matchers), "p50"),
+        prom(quantile(0.95, metric, matchers), "p95"),
+        prom(mean(metric, matchers), "mean"),
+    ]
 
-    def __init__(self) -> None:
-        self._next = 0
 
-    def __call__(self) -> int:
-        self._next += 1
-        return self._next
+def panel_targets(panel: Any, targets: tuple[Any, ...]) -> Any:
+    """Adds the targets in order with refIds A, B, C...: a panel's refIds must be unique."""
+    for ref, target in zip(ascii_uppercase, targets, strict=False):
+        panel = panel.with_target(target.ref_id(ref))
+    return panel
 
 
 def graph(
-    ids: Ids,
     title: str,
     description: str,
-    targets: list[Any],
-    *,
+    *targets: Any,
     unit: str,
     width: int = 12,
     minimum: float | None = 0,
     maximum: float | None = None,
 ) -> Any:
-    """A time series panel."""
+    """A time series panel; `laid_out` gives it its id."""
     panel = (
         timeseries.Panel()
-        .id(ids())
         .title(title)
         .description(description)
         .datasource(PROMETHEUS)
@@ -179,16 +182,13 @@ def graph(
         panel = panel.min(minimum)
     if maximum is not None:
         panel = panel.max(maximum)
-    for target in targets:
-        panel = panel.with_target(target)
-    return panel
+    return panel_targets(panel, targets)
 
 
-def single(ids: Ids, title: str, description: str, expr: str, *, unit: str) -> Any:
+def single(title: str, description: str, expr: str, *, unit: str) -> Any:
     """A stat panel showing the last value of one expression, with a sparkline."""
-    return (
+    panel = (
         stat.Panel()
-        .id(ids())
         .title(title)
         .description(description)
         .datasource(PROMETHEUS)
@@ -198,16 +198,15 @@ def single(ids: Ids, title: str, description: str, expr: str, *, unit: str) -> A
         .graph_mode(common.BigValueGraphMode.AREA)
         .color_mode(common.BigValueColorMode.NONE)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
-        .with_target(prom(expr, title))
     )
+    return panel_targets(panel, (prom(expr, title),))
 
 
-def log_panel(ids: Ids, title: str, description: str, line_filter: str) -> Any:
+def log_panel(title: str, description: str, line_filter: str) -> Any:
     """Recent log lines of the selected services from Loki; each line links to its trace."""
     expr = f'{{service_name=~"$service"}} |= "{line_filter}"'
     return (
         logs.Panel()
-        .id(ids())
         .title(title)
         .description(description)
         .datasource(LOKI)
@@ -219,6 +218,20 @@ def log_panel(ids: Ids, title: str, description: str, line_filter: str) -> Any:
         .sort_order(common.LogsSortOrder.DESCENDING)
         .with_target(loki.Dataquery().expr(expr).ref_id("A").datasource(LOKI))
     )
+
+
+def laid_out(board: Any, rows: dict[str, list[Any]]) -> Any:
+    """Adds each row, then its panels, numbering rows and panels 1, 2, 3... in that order.
+
+    Grafana wants panel ids unique within a dashboard, rows included; the builders place
+    each panel on the grid after the one added before it, so the order is the layout.
+    """
+    ids = count(1)
+    for title, panels in rows.items():
+        board = board.with_row(dashboard.Row(title).id(next(ids)))
+        for panel in panels:
+            board = board.with_panel(panel.id(next(ids)))
+    return board
 
 
 def variable(name: str, title: str, query: str, description: str) -> Any:
@@ -274,450 +287,337 @@ def base(uid: str, title: str, description: str) -> Any:
 
 def streams() -> Any:
     """Streams: is the backend answering, how fast, and is the consumer keeping up?"""
-    ids = Ids()
     sel = selector(f'{STREAM}=~"$stream"')
     not_completed = selector(f'{STREAM}=~"$stream"', f'{OUTCOME}!="completed"')
     errors = selector(f'{STREAM}=~"$stream"', f'{ERROR_TYPE}!=""')
     timeouts = selector(f'{STREAM}=~"$stream"', f'{OUTCOME}="timeout"')
     duration = names.STREAM_DURATION
-    return (
-        base(
-            "thunkscope-streams",
-            "thunkscope / Streams",
-            "send_to_queue: streams running, their outcomes and errors, time to first item, "
-            "gaps between items, stalls and timeouts, and consumer backpressure.",
+    put_wait = names.QUEUE_PUT_WAIT
+    board = base(
+        "thunkscope-streams",
+        "thunkscope / Streams",
+        "send_to_queue: streams running, their outcomes and errors, time to first item, "
+        "gaps between items, stalls and timeouts, and consumer backpressure.",
+    ).with_variable(
+        variable(
+            "stream",
+            "Stream",
+            f'label_values({{__name__=~"thunkscope_stream_.+", {selector()}}}, {STREAM})',
+            "The name given to send_to_queue (thunkscope.stream.name).",
         )
-        .with_variable(
-            variable(
-                "stream",
-                "Stream",
-                f'label_values({{__name__=~"thunkscope_stream_.+", {selector()}}}, {STREAM})',
-                "The name given to send_to_queue (thunkscope.stream.name).",
-            )
-        )
-        .with_row(dashboard.Row("Now").id(ids()))
-        .with_panel(
-            single(
-                ids,
-                "Active streams",
-                "Streams running now.",
-                total(names.STREAM_ACTIVE, sel),
-                unit="short",
-            )
-        )
-        .with_panel(
-            single(
-                ids,
-                "Streams per second",
-                "Streams that ended, whatever their outcome.",
-                rate(duration, "_count", sel),
-                unit="reqps",
-            )
-        )
-        .with_panel(
-            single(
-                ids,
-                "Streams not completed",
-                "Share of ended streams whose outcome was not `completed`: "
-                "errors, timeouts and cancellations.",
-                share(rate(duration, "_count", not_completed), rate(duration, "_count", sel)),
-                unit="percentunit",
-            )
-        )
-        .with_panel(
-            single(
-                ids,
-                "Time to first item p95",
-                "95th percentile of the wait for the first item.",
-                quantile(0.95, names.STREAM_TTFI, sel),
-                unit="s",
-            )
-        )
-        .with_row(dashboard.Row("Throughput and outcomes").id(ids()))
-        .with_panel(
-            graph(
-                ids,
-                "Active streams",
-                "Streams running now, by stream name.",
-                [prom(total(names.STREAM_ACTIVE, sel, STREAM), shown(STREAM))],
-                unit="short",
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Stream rate by outcome",
-                "Streams ending per second: completed, error, timeout, cancelled.",
-                [prom(rate(duration, "_count", sel, OUTCOME), shown(OUTCOME))],
-                unit="reqps",
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Error rate by error.type",
-                "Streams ending in an error per second, by the exception type forwarded "
-                "to the queue (TimeoutError for chunk timeouts).",
-                [
-                    prom(
-                        rate(duration, "_count", errors, ERROR_TYPE),
-                        shown(ERROR_TYPE),
-                    )
-                ],
-                unit="reqps",
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Stalls and timeouts",
-                "Stalls: gaps in which the backend gave nothing for stall_after seconds. "
-                "Timeouts: streams ended by chunk_timeout.",
-                [
+    )
+    return laid_out(
+        board,
+        {
+            "Now": [
+                single(
+                    "Active streams",
+                    "Streams running now.",
+                    total(names.STREAM_ACTIVE, sel),
+                    unit="short",
+                ),
+                single(
+                    "Streams per second",
+                    "Streams that ended, whatever their outcome.",
+                    rate(duration, "_count", sel),
+                    unit="reqps",
+                ),
+                single(
+                    "Streams not completed",
+                    "Share of ended streams whose outcome was not `completed`: "
+                    "errors, timeouts and cancellations.",
+                    share(rate(duration, "_count", not_completed), rate(duration, "_count", sel)),
+                    unit="percentunit",
+                ),
+                single(
+                    "Time to first item p95",
+                    "95th percentile of the wait for the first item.",
+                    quantile(0.95, names.STREAM_TTFI, sel),
+                    unit="s",
+                ),
+            ],
+            "Throughput and outcomes": [
+                graph(
+                    "Active streams",
+                    "Streams running now, by stream name.",
+                    prom(total(names.STREAM_ACTIVE, sel, STREAM), shown(STREAM)),
+                    unit="short",
+                ),
+                graph(
+                    "Stream rate by outcome",
+                    "Streams ending per second: completed, error, timeout, cancelled.",
+                    prom(rate(duration, "_count", sel, OUTCOME), shown(OUTCOME)),
+                    unit="reqps",
+                ),
+                graph(
+                    "Error rate by error.type",
+                    "Streams ending in an error per second, by the exception type forwarded "
+                    "to the queue (TimeoutError for chunk timeouts).",
+                    prom(rate(duration, "_count", errors, ERROR_TYPE), shown(ERROR_TYPE)),
+                    unit="reqps",
+                ),
+                graph(
+                    "Stalls and timeouts",
+                    "Stalls: gaps in which the backend gave nothing for stall_after seconds. "
+                    "Timeouts: streams ended by chunk_timeout.",
                     prom(rate(names.STREAM_STALLS, "", sel, STREAM), f"stalls {shown(STREAM)}"),
-                    prom(
-                        rate(duration, "_count", timeouts, STREAM),
-                        f"timeouts {shown(STREAM)}",
-                        "B",
-                    ),
-                ],
-                unit="ops",
-            )
-        )
-        .with_row(dashboard.Row("Latency").id(ids()))
-        .with_panel(
-            graph(
-                ids,
-                "Time to first item",
-                "Wait from the start of a stream to its first item: the backend's latency "
-                "before it answers. Exemplars link to traces.",
-                percentiles(names.STREAM_TTFI, sel),
-                unit="s",
-                width=8,
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Stream duration",
-                "Wall time of one send_to_queue call. Exemplars link to traces.",
-                percentiles(duration, sel),
-                unit="s",
-                width=8,
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Max item gap p95",
-                "95th percentile of the longest wait between two items of a stream, by stream "
-                "name: how close streams come to chunk_timeout.",
-                [
+                    prom(rate(duration, "_count", timeouts, STREAM), f"timeouts {shown(STREAM)}"),
+                    unit="ops",
+                ),
+            ],
+            "Latency": [
+                graph(
+                    "Time to first item",
+                    "Wait from the start of a stream to its first item: the backend's latency "
+                    "before it answers. Exemplars link to traces.",
+                    *percentiles(names.STREAM_TTFI, sel),
+                    unit="s",
+                    width=8,
+                ),
+                graph(
+                    "Stream duration",
+                    "Wall time of one send_to_queue call. Exemplars link to traces.",
+                    *percentiles(duration, sel),
+                    unit="s",
+                    width=8,
+                ),
+                graph(
+                    "Max item gap p95",
+                    "95th percentile of the longest wait between two items of a stream, by "
+                    "stream name: how close streams come to chunk_timeout.",
                     prom(
                         quantile(0.95, names.STREAM_MAX_GAP, sel, STREAM),
                         shown(STREAM),
                         exemplars=True,
-                    )
-                ],
-                unit="s",
-                width=8,
-            )
-        )
-        .with_row(dashboard.Row("Backpressure and size").id(ids()))
-        .with_panel(
-            graph(
-                ids,
-                "Put-wait of streams that blocked",
-                "Time a stream spent blocked on a full queue (the consumer is slower than "
-                "the backend), over the streams that blocked at all.",
-                [
+                    ),
+                    unit="s",
+                    width=8,
+                ),
+            ],
+            "Backpressure and size": [
+                graph(
+                    "Put-wait of streams that blocked",
+                    "Time a stream spent blocked on a full queue (the consumer is slower than "
+                    "the backend), over the streams that blocked at all.",
                     prom(
-                        quantile(0.95, names.QUEUE_PUT_WAIT, sel, STREAM),
+                        quantile(0.95, put_wait, sel, STREAM),
                         f"p95 {shown(STREAM)}",
                         exemplars=True,
                     ),
-                    prom(mean(names.QUEUE_PUT_WAIT, sel, STREAM), f"mean {shown(STREAM)}", "B"),
-                ],
-                unit="s",
-                width=6,
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Streams that blocked",
-                "Share of ending streams that blocked on a full queue at least once: "
-                "put_wait is recorded only for those.",
-                [
+                    prom(mean(put_wait, sel, STREAM), f"mean {shown(STREAM)}"),
+                    unit="s",
+                    width=6,
+                ),
+                graph(
+                    "Streams that blocked",
+                    "Share of ending streams that blocked on a full queue at least once: "
+                    "put_wait is recorded only for those.",
                     prom(
-                        f"{rate(names.QUEUE_PUT_WAIT, '_count', sel, STREAM)}"
-                        f" / {rate(names.STREAM_DURATION, '_count', sel, STREAM)}",
+                        f"{rate(put_wait, '_count', sel, STREAM)}"
+                        f" / {rate(duration, '_count', sel, STREAM)}",
                         shown(STREAM),
-                    )
-                ],
-                unit="percentunit",
-                width=6,
-                maximum=1,
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Time blocked on put",
-                "Seconds spent blocked on full queues per second, summed over streams.",
-                [prom(rate(names.QUEUE_PUT_WAIT, "_sum", sel, STREAM), shown(STREAM))],
-                unit="s",
-                width=6,
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Items per stream",
-                "Items one stream put on the queue.",
-                [
-                    prom(quantile(0.5, names.STREAM_ITEM_COUNT, sel), "p50"),
-                    prom(quantile(0.95, names.STREAM_ITEM_COUNT, sel), "p95", "B"),
-                    prom(mean(names.STREAM_ITEM_COUNT, sel), "mean", "C"),
-                ],
-                unit="short",
-                width=6,
-            )
-        )
-        .with_row(dashboard.Row("Logs").id(ids()))
-        .with_panel(
-            log_panel(
-                ids,
-                "Stream events",
-                "thunkscope's stream.* log events of the selected services; a line's "
-                "trace_id links to its trace.",
-                "stream.",
-            )
-        )
+                    ),
+                    unit="percentunit",
+                    width=6,
+                    maximum=1,
+                ),
+                graph(
+                    "Time blocked on put",
+                    "Seconds spent blocked on full queues per second, summed over streams.",
+                    prom(rate(put_wait, "_sum", sel, STREAM), shown(STREAM)),
+                    unit="s",
+                    width=6,
+                ),
+                graph(
+                    "Items per stream",
+                    "Items one stream put on the queue.",
+                    *spread(names.STREAM_ITEM_COUNT, sel),
+                    unit="short",
+                    width=6,
+                ),
+            ],
+            "Logs": [
+                log_panel(
+                    "Stream events",
+                    "thunkscope's stream.* log events of the selected services; a line's "
+                    "trace_id links to its trace.",
+                    "stream.",
+                ),
+            ],
+        },
     )
 
 
 def client_cache() -> Any:
     """Client cache: does the per-loop client cache hit, and is its capacity right?"""
-    ids = Ids()
     sel = selector(f'{CACHE}=~"$cache"')
     lookups = names.CACHE_LOOKUPS
     hits = selector(f'{CACHE}=~"$cache"', f'{RESULT}="hit"')
     hit_ratio_by_cache = f"{rate(lookups, '', hits, CACHE)} / {rate(lookups, '', sel, CACHE)}"
-    return (
-        base(
-            "thunkscope-client-cache",
-            "thunkscope / Client cache",
-            "ClientCache: lookups and hit ratio, evictions, and entries against capacity.",
+    board = base(
+        "thunkscope-client-cache",
+        "thunkscope / Client cache",
+        "ClientCache: lookups and hit ratio, evictions, and entries against capacity.",
+    ).with_variable(
+        variable(
+            "cache",
+            "Cache",
+            f'label_values({{__name__=~"thunkscope_cache_.+", {selector()}}}, {CACHE})',
+            "The name given to ClientCache (thunkscope.cache.name).",
         )
-        .with_variable(
-            variable(
-                "cache",
-                "Cache",
-                f'label_values({{__name__=~"thunkscope_cache_.+", {selector()}}}, {CACHE})',
-                "The name given to ClientCache (thunkscope.cache.name).",
-            )
-        )
-        .with_row(dashboard.Row("Now").id(ids()))
-        .with_panel(
-            single(
-                ids,
-                "Hit ratio",
-                "Hits over all lookups, all selected caches.",
-                f"{rate(lookups, '', hits)} / {rate(lookups, '', sel)}",
-                unit="percentunit",
-            )
-        )
-        .with_panel(
-            single(ids, "Lookups per second", "All results.", rate(lookups, "", sel), unit="ops")
-        )
-        .with_panel(
-            single(
-                ids,
-                "Evictions per second",
-                "Entries pushed out by a new key at capacity.",
-                rate(names.CACHE_EVICTIONS, "", sel),
-                unit="ops",
-            )
-        )
-        .with_panel(
-            single(
-                ids,
-                "Fill",
-                "Entries held over capacity, all selected caches.",
-                f"{total(names.CACHE_ENTRY_COUNT, sel)} / {total(names.CACHE_ENTRY_LIMIT, sel)}",
-                unit="percentunit",
-            )
-        )
-        .with_row(dashboard.Row("Lookups").id(ids()))
-        .with_panel(
-            graph(
-                ids,
-                "Lookups per second by result",
-                "ClientCache.get calls per second, by cache and result.",
-                [
+    )
+    return laid_out(
+        board,
+        {
+            "Now": [
+                single(
+                    "Hit ratio",
+                    "Hits over all lookups, all selected caches.",
+                    f"{rate(lookups, '', hits)} / {rate(lookups, '', sel)}",
+                    unit="percentunit",
+                ),
+                single("Lookups per second", "All results.", rate(lookups, "", sel), unit="ops"),
+                single(
+                    "Evictions per second",
+                    "Entries pushed out by a new key at capacity.",
+                    rate(names.CACHE_EVICTIONS, "", sel),
+                    unit="ops",
+                ),
+                single(
+                    "Fill",
+                    "Entries held over capacity, all selected caches.",
+                    f"{total(names.CACHE_ENTRY_COUNT, sel)}"
+                    f" / {total(names.CACHE_ENTRY_LIMIT, sel)}",
+                    unit="percentunit",
+                ),
+            ],
+            "Lookups": [
+                graph(
+                    "Lookups per second by result",
+                    "ClientCache.get calls per second, by cache and result.",
                     prom(
                         rate(lookups, "", sel, f"{CACHE}, {RESULT}"),
                         f"{shown(CACHE)} {shown(RESULT)}",
-                    )
-                ],
-                unit="ops",
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Hit ratio",
-                "Hits over all lookups, by cache. A falling ratio with evictions rising means "
-                "the capacity is below the number of event loops in use.",
-                [prom(hit_ratio_by_cache, shown(CACHE))],
-                unit="percentunit",
-                maximum=1,
-            )
-        )
-        .with_row(dashboard.Row("Capacity").id(ids()))
-        .with_panel(
-            graph(
-                ids,
-                "Evictions per second",
-                "Least recently used entries evicted, by cache.",
-                [prom(rate(names.CACHE_EVICTIONS, "", sel, CACHE), shown(CACHE))],
-                unit="ops",
-                width=8,
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Entries against the limit",
-                "Entries held and capacity, by cache.",
-                [
+                    ),
+                    unit="ops",
+                ),
+                graph(
+                    "Hit ratio",
+                    "Hits over all lookups, by cache. A falling ratio with evictions rising "
+                    "means the capacity is below the number of event loops in use.",
+                    prom(hit_ratio_by_cache, shown(CACHE)),
+                    unit="percentunit",
+                    maximum=1,
+                ),
+            ],
+            "Capacity": [
+                graph(
+                    "Evictions per second",
+                    "Least recently used entries evicted, by cache.",
+                    prom(rate(names.CACHE_EVICTIONS, "", sel, CACHE), shown(CACHE)),
+                    unit="ops",
+                    width=8,
+                ),
+                graph(
+                    "Entries against the limit",
+                    "Entries held and capacity, by cache.",
                     prom(total(names.CACHE_ENTRY_COUNT, sel, CACHE), f"{shown(CACHE)} entries"),
-                    prom(total(names.CACHE_ENTRY_LIMIT, sel, CACHE), f"{shown(CACHE)} limit", "B"),
-                ],
-                unit="short",
-                width=8,
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Event loop lookups per second",
-                "get_current_event_loop calls, by whether a loop was running.",
-                [
+                    prom(total(names.CACHE_ENTRY_LIMIT, sel, CACHE), f"{shown(CACHE)} limit"),
+                    unit="short",
+                    width=8,
+                ),
+                graph(
+                    "Event loop lookups per second",
+                    "get_current_event_loop calls, by whether a loop was running.",
                     prom(
                         rate(names.EVENT_LOOP_LOOKUPS, "", selector(), LOOP_FOUND),
                         f"found={shown(LOOP_FOUND)}",
-                    )
-                ],
-                unit="ops",
-                width=8,
-            )
-        )
-        .with_row(dashboard.Row("Logs").id(ids()))
-        .with_panel(
-            log_panel(
-                ids,
-                "Cache events",
-                "thunkscope's cache.* log events (misses and evictions at info).",
-                "cache.",
-            )
-        )
+                    ),
+                    unit="ops",
+                    width=8,
+                ),
+            ],
+            "Logs": [
+                log_panel(
+                    "Cache events",
+                    "thunkscope's cache.* log events (misses and evictions at info).",
+                    "cache.",
+                ),
+            ],
+        },
     )
 
 
 def gather() -> Any:
     """Gather: how many thunks are awaited together, how long, and how often it fails."""
-    ids = Ids()
     sel = selector()
     duration = names.GATHER_DURATION
     failed = selector(f'{ERROR_TYPE}!=""')
-    return (
-        base(
-            "thunkscope-gather",
-            "thunkscope / Gather",
-            "wait_for_all_mots: calls per second, duration percentiles, size and failures.",
-        )
-        .with_row(dashboard.Row("Now").id(ids()))
-        .with_panel(
-            single(
-                ids,
-                "Gathers per second",
-                "wait_for_all_mots calls.",
-                rate(duration, "_count", sel),
-                unit="ops",
-            )
-        )
-        .with_panel(
-            single(
-                ids,
-                "Failed",
-                "Share of calls that raised.",
-                share(rate(duration, "_count", failed), rate(duration, "_count", sel)),
-                unit="percentunit",
-            )
-        )
-        .with_panel(
-            single(
-                ids,
-                "Duration p95",
-                "95th percentile of one call.",
-                quantile(0.95, duration, sel),
-                unit="s",
-            )
-        )
-        .with_panel(
-            single(
-                ids,
-                "Mean size",
-                "Thunks awaited by one call.",
-                mean(names.GATHER_SIZE_METRIC, sel),
-                unit="short",
-            )
-        )
-        .with_row(dashboard.Row("Calls").id(ids()))
-        .with_panel(
-            graph(
-                ids,
-                "Gathers per second by outcome",
-                "wait_for_all_mots calls per second.",
-                [prom(rate(duration, "_count", sel, GATHER_OUTCOME), shown(GATHER_OUTCOME))],
-                unit="ops",
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Failures by error.type",
-                "Calls per second that raised, by the type of the first exception.",
-                [prom(rate(duration, "_count", failed, ERROR_TYPE), shown(ERROR_TYPE))],
-                unit="ops",
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Duration",
-                "Wall time of one call: the slowest thunk of the batch. Exemplars link to traces.",
-                percentiles(duration, sel),
-                unit="s",
-            )
-        )
-        .with_panel(
-            graph(
-                ids,
-                "Size",
-                "Thunks awaited by one call.",
-                [
-                    prom(quantile(0.5, names.GATHER_SIZE_METRIC, sel), "p50"),
-                    prom(quantile(0.95, names.GATHER_SIZE_METRIC, sel), "p95", "B"),
-                    prom(mean(names.GATHER_SIZE_METRIC, sel), "mean", "C"),
-                ],
-                unit="short",
-            )
-        )
-        .with_row(dashboard.Row("Logs").id(ids()))
-        .with_panel(log_panel(ids, "Gather events", "thunkscope's gather.* log events.", "gather."))
+    board = base(
+        "thunkscope-gather",
+        "thunkscope / Gather",
+        "wait_for_all_mots: calls per second, duration percentiles, size and failures.",
+    )
+    return laid_out(
+        board,
+        {
+            "Now": [
+                single(
+                    "Gathers per second",
+                    "wait_for_all_mots calls.",
+                    rate(duration, "_count", sel),
+                    unit="ops",
+                ),
+                single(
+                    "Failed",
+                    "Share of calls that raised.",
+                    share(rate(duration, "_count", failed), rate(duration, "_count", sel)),
+                    unit="percentunit",
+                ),
+                single(
+                    "Duration p95",
+                    "95th percentile of one call.",
+                    quantile(0.95, duration, sel),
+                    unit="s",
+                ),
+                single(
+                    "Mean size",
+                    "Thunks awaited by one call.",
+                    mean(names.GATHER_SIZE_METRIC, sel),
+                    unit="short",
+                ),
+            ],
+            "Calls": [
+                graph(
+                    "Gathers per second by outcome",
+                    "wait_for_all_mots calls per second.",
+                    prom(rate(duration, "_count", sel, GATHER_OUTCOME), shown(GATHER_OUTCOME)),
+                    unit="ops",
+                ),
+                graph(
+                    "Failures by error.type",
+                    "Calls per second that raised, by the type of the first exception.",
+                    prom(rate(duration, "_count", failed, ERROR_TYPE), shown(ERROR_TYPE)),
+                    unit="ops",
+                ),
+                graph(
+                    "Duration",
+                    "Wall time of one call: the slowest thunk of the batch. "
+                    "Exemplars link to traces.",
+                    *percentiles(duration, sel),
+                    unit="s",
+                ),
+                graph(
+                    "Size",
+                    "Thunks awaited by one call.",
+                    *spread(names.GATHER_SIZE_METRIC, sel),
+                    unit="short",
+                ),
+            ],
+            "Logs": [
+                log_panel("Gather events", "thunkscope's gather.* log events.", "gather."),
+            ],
+        },
     )
 
 
