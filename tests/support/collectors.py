@@ -31,10 +31,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypedDict, TypeVar
 
 import pytest
 import pytest_asyncio
+
+from support.loopback import StartStop, free_port
 
 if TYPE_CHECKING:
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -229,6 +231,17 @@ _ARROW_RE = re.compile(r"^(?P<indent> +)-> (?P<rest>.*)$", re.DOTALL)
 _SEVERITY_RE = re.compile(r"^SEVERITY_NUMBER_(?P<name>\w+?)\((?P<n>-?\d+)\)$")
 
 _TYPE_TAGS = ("Str", "Int", "Double", "Bool", "Slice", "Map", "Bytes")
+# Top-level keys whose value is a plain integer, and the record field each one fills (one
+# table rather than an ``elif`` a key: spans say "Start time", data points "StartTimestamp").
+_INT_FIELDS = {
+    "Start time": "start_time_unix_nano",
+    "StartTimestamp": "start_time_unix_nano",
+    "End time": "end_time_unix_nano",
+    "Timestamp": "time_unix_nano",
+    "ObservedTimestamp": "observed_time_unix_nano",
+    "Count": "count",
+    "Flags": "flags",
+}
 
 
 def _is_structural(line: str) -> bool:
@@ -534,21 +547,9 @@ class _RotelParser:
         self._attr_target = None
         if rec is None:
             return
-        if key == "Start time":
-            rec["start_time_unix_nano"] = int(raw)
-        elif key == "End time":
-            rec["end_time_unix_nano"] = int(raw)
-        elif key == "StartTimestamp":
-            rec["start_time_unix_nano"] = int(raw)
-        elif key == "Timestamp":
-            rec["time_unix_nano"] = int(raw)
-        elif key == "ObservedTimestamp":
-            rec["observed_time_unix_nano"] = int(raw)
-        elif key == "Value":
-            rec["value"] = _number(raw)
-        elif key == "Count":
-            rec["count"] = int(raw)
-        elif key in ("Sum", "Min", "Max"):
+        if key in _INT_FIELDS:
+            rec[_INT_FIELDS[key]] = int(raw)
+        elif key in ("Value", "Sum", "Min", "Max"):
             rec[key.lower()] = _number(raw)
         elif key.startswith("ExplicitBounds"):
             rec["explicit_bounds"].append(_number(raw))
@@ -560,8 +561,6 @@ class _RotelParser:
                 rec["severity"] = m["name"]
         elif key == "Body":
             rec["body"] = _parse_value(raw)
-        elif key == "Flags":
-            rec["flags"] = int(raw)
 
     def _padded(self, key: str, raw: str) -> None:
         rec = self._record
@@ -598,14 +597,6 @@ def parse_rotel_output(
 # --------------------------------------------------------------------------------------------
 # Ports, binaries, exporters
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (callers retry if it is taken since)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _accepts(port: int) -> bool:
@@ -709,7 +700,7 @@ def _timeout_message(what: str, timeout: float, tail: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class RotelCollector(_Views):
+class RotelCollector(_Views, StartStop):
     """The real ``rotel-agent`` on two free loopback ports, printing what it receives.
 
     ``with RotelCollector() as rotel: ...`` (or ``RotelCollector(workdir).start()`` and
@@ -760,18 +751,7 @@ class RotelCollector(_Views):
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def __enter__(self) -> RotelCollector:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> RotelCollector:
+    def start(self) -> Self:
         if self._proc is not None:
             return self
         if self._workdir is None:
@@ -920,6 +900,18 @@ class RotelCollector(_Views):
         if self._proc is not None and self._proc.poll() is not None:
             raise RuntimeError(f"rotel-agent exited:\n{self.output()[-3000:]}")
 
+    def _poll(self, predicate: Callable[[], T | None], deadline: float, timeout: float) -> T | None:
+        """One look for ``wait_for`` and ``wait_for_async``, which differ only in how they sleep:
+        ``predicate()``'s truthy result, or None to look again; raises once past ``deadline`` or
+        once rotel has exited."""
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(_timeout_message("predicate", timeout, self.output()))
+        self._check_alive()
+        return None
+
     def wait_for(self, predicate: Callable[[], T | None], timeout: float = 10.0) -> T:
         """Poll ``predicate()`` until it returns something truthy, and return that.
 
@@ -927,12 +919,8 @@ class RotelCollector(_Views):
         """
         deadline = time.monotonic() + timeout
         while True:
-            result = predicate()
-            if result:
+            if (result := self._poll(predicate, deadline, timeout)) is not None:
                 return result
-            if time.monotonic() >= deadline:
-                raise TimeoutError(_timeout_message("predicate", timeout, self.output()))
-            self._check_alive()
             time.sleep(POLL_INTERVAL)
 
     async def wait_for_async(
@@ -943,12 +931,8 @@ class RotelCollector(_Views):
         """``wait_for`` that sleeps with ``asyncio.sleep``, for use inside async tests."""
         deadline = time.monotonic() + timeout
         while True:
-            result = predicate()
-            if result:
+            if (result := self._poll(predicate, deadline, timeout)) is not None:
                 return result
-            if time.monotonic() >= deadline:
-                raise TimeoutError(_timeout_message("predicate", timeout, self.output()))
-            self._check_alive()
             await asyncio.sleep(POLL_INTERVAL)
 
     def wait_for_spans(

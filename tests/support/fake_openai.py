@@ -50,8 +50,9 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
+
+from support.loopback import StartStop
 
 __all__ = ["Behaviour", "FakeOpenAI", "RecordedRequest", "parse_behaviour"]
 
@@ -136,7 +137,7 @@ class _Dropped(Exception):
     """Raised inside a handler to drop the connection on purpose."""
 
 
-class FakeOpenAI:
+class FakeOpenAI(StartStop):
     """A loopback OpenAI-compatible streaming chat-completions server in a background thread.
 
     Args:
@@ -182,7 +183,7 @@ class FakeOpenAI:
         """The URL to give an OpenAI client as ``base_url`` (the root plus ``v1``)."""
         return f"http://{self.host}:{self.port}/v1"
 
-    def start(self) -> FakeOpenAI:
+    def start(self) -> Self:
         """Start serving; returns once the port is bound."""
         if self._thread is not None:
             raise RuntimeError("FakeOpenAI is already started")
@@ -201,17 +202,6 @@ class FakeOpenAI:
             loop.call_soon_threadsafe(self._begin_stop)
         thread.join(5.0)
         self._thread = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         """The recorded requests whose path is ``path``."""

@@ -24,19 +24,14 @@ import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
+
+from support.loopback import StartStop, free_port
 
 Mode = Literal["refuse", "hang", "500", "503", "vanish"]
 MODES: tuple[Mode, ...] = ("refuse", "hang", "500", "503", "vanish")
 
 _SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _StatusServer(ThreadingHTTPServer):
@@ -83,7 +78,7 @@ class _StatusHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class FaultyCollector:
+class FaultyCollector(StartStop):
     """A loopback collector that misbehaves in one way (see the module docs)."""
 
     def __init__(self, mode: Mode) -> None:
@@ -101,9 +96,9 @@ class FaultyCollector:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> FaultyCollector:
+    def start(self) -> Self:
         if self.mode == "refuse":
-            self.port = _free_port()
+            self.port = free_port()
         elif self.mode == "hang":
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.bind(("127.0.0.1", 0))
@@ -118,14 +113,6 @@ class FaultyCollector:
             self.port = self._http.server_address[1]
             self._spawn(lambda: self._http.serve_forever(poll_interval=0.05))  # type: ignore[union-attr]
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _spawn(self, target: Any) -> None:
         thread = threading.Thread(target=target, daemon=True, name=f"faulty-{self.mode}")
