@@ -93,17 +93,22 @@ def prometheus_queries() -> list[Query]:
     return [q for q in queries(load_dashboards()) if q.datasource_type == "prometheus"]
 
 
-def compose_model() -> dict[str, Any]:
-    """docker-compose.yml as the real docker-compose resolves it (`config --format json`)."""
+def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real docker-compose v2 binary run on docker-compose.yml with `args`, output captured."""
     binary = require_binary("docker-compose")
-    result = subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+    return subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
         timeout=60,
         check=False,
     )
+
+
+def compose_model() -> dict[str, Any]:
+    """docker-compose.yml as the real docker-compose resolves it (`config --format json`)."""
+    result = docker_compose("config", "--format", "json")
     assert result.returncode == 0, result.stderr
     model: dict[str, Any] = json.loads(result.stdout)
     return model
@@ -136,15 +141,7 @@ def image_tag(service: Mapping[str, Any]) -> str:
 class TestComposeFile:
     def test_docker_compose_accepts_the_file(self) -> None:
         """The real docker-compose v2 binary validates docker-compose.yml without complaint."""
-        binary = require_binary("docker-compose")
-        result = subprocess.run(
-            [binary, "-f", str(COMPOSE_FILE), "config", "-q"],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=60,
-            check=False,
-        )
+        result = docker_compose("config", "-q")
         assert result.returncode == 0, result.stderr
         assert result.stderr.strip() == "", result.stderr
 
