@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import structlog
@@ -63,21 +64,66 @@ class Telemetry:
         return {frozenset(p.attributes.items()): p for p in self.points(metric_name)}
 
 
-@pytest.fixture
-def telemetry() -> Iterator[Telemetry]:
-    """Point thunkscope at fresh in-memory providers for one test."""
+class InMemoryProviders(NamedTuple):
+    """A tracer and a meter provider that keep what they record in memory."""
+
+    exporter: InMemorySpanExporter
+    tracer_provider: TracerProvider
+    reader: InMemoryMetricReader
+    meter_provider: MeterProvider
+
+
+@contextmanager
+def in_memory_providers() -> Iterator[InMemoryProviders]:
+    """Fresh in-memory tracer and meter providers, shut down (meter first) on leaving."""
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
-    _telemetry.use_providers(tracer_provider=tracer_provider, meter_provider=meter_provider)
     try:
-        yield Telemetry(exporter, reader, tracer_provider)
+        yield InMemoryProviders(exporter, tracer_provider, reader, meter_provider)
     finally:
-        _telemetry.use_providers()
         meter_provider.shutdown()
         tracer_provider.shutdown()
+
+
+@contextmanager
+def in_memory_telemetry() -> Iterator[Telemetry]:
+    """thunkscope pointed at fresh in-memory providers, and back at the global ones on leaving."""
+    with in_memory_providers() as providers:
+        _telemetry.use_providers(
+            tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider
+        )
+        try:
+            yield Telemetry(providers.exporter, providers.reader, providers.tracer_provider)
+        finally:
+            _telemetry.use_providers()
+
+
+def events_of(span: ReadableSpan) -> list[tuple[str, dict[str, Any]]]:
+    """The span's events as (name, attributes) pairs."""
+    return [(event.name, dict(event.attributes or {})) for event in span.events]
+
+
+class AtLeast:
+    """Equal to any number not below `low` (and below `high`): timings in exact dicts."""
+
+    def __init__(self, low: float, high: float = 5.0) -> None:
+        self.low, self.high = low, high
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int | float) and self.low <= other < self.high
+
+    def __repr__(self) -> str:
+        return f"AtLeast({self.low})"
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    """Point thunkscope at fresh in-memory providers for one test."""
+    with in_memory_telemetry() as fresh:
+        yield fresh
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import thunkscope
+from conftest import AtLeast
 from thunkscope import _names as n
 from thunkscope import _watch, inflight, send_to_queue
 
@@ -30,19 +31,6 @@ SNAPSHOT_KEYS = {
     "backend_type",
     "stack",
 }
-
-
-class AtLeast:
-    """Equal to any number not below `low` (and below `high`): timings in exact dicts."""
-
-    def __init__(self, low: float, high: float = 5.0) -> None:
-        self.low, self.high = low, high
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, int | float) and self.low <= other < self.high
-
-    def __repr__(self) -> str:
-        return f"AtLeast({self.low})"
 
 
 class Token:

@@ -24,13 +24,10 @@ from typing import Any
 
 import pytest
 import structlog
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
+from conftest import events_of, in_memory_providers
 from support.fake_openai import FakeOpenAI
 from thunkscope import _names as n
 from thunkscope import _telemetry
@@ -120,10 +117,6 @@ def _wait_spans(telemetry: Any, name: str, count: int = 1) -> list[ReadableSpan]
         if len(spans) >= count or time.monotonic() > deadline:
             return spans
         time.sleep(0.01)
-
-
-def _events(span: ReadableSpan) -> list[tuple[str, dict[str, Any]]]:
-    return [(event.name, dict(event.attributes or {})) for event in span.events]
 
 
 def _stream_attributes(span: ReadableSpan, **expected: Any) -> dict[str, Any]:
@@ -339,8 +332,8 @@ class TestStreams:
         attributes = dict(span.attributes or {})
         assert len(attributes[ids.REQUEST_ID]) == 32
         assert attributes[n.STREAM_TIME_TO_FIRST_ITEM] > 0
-        assert [name for name, _ in _events(span)] == [n.EVENT_FIRST_ITEM, n.EVENT_SENTINEL]
-        assert _events(span)[-1] == (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 6})
+        assert [name for name, _ in events_of(span)] == [n.EVENT_FIRST_ITEM, n.EVENT_SENTINEL]
+        assert events_of(span)[-1] == (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 6})
 
         label = {n.STREAM_NAME: "mellea.openai"}
         duration = _point_value(
@@ -372,16 +365,16 @@ class TestStreams:
         reply = session.chat("hello [stall:0.35]", model_options=_options())
         assert reply.content == "Hello, world!"
         (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
-        assert [name for name, _ in _events(span)] == [
+        assert [name for name, _ in events_of(span)] == [
             n.EVENT_FIRST_ITEM,
             n.EVENT_STALLED,
             n.EVENT_RESUMED,
             n.EVENT_SENTINEL,
         ]
-        stalled = dict(_events(span)[1][1])
+        stalled = dict(events_of(span)[1][1])
         assert stalled[n.STREAM_ITEMS] == 1
         assert stalled["thunkscope.stream.gap"] >= 0.1
-        resumed = dict(_events(span)[2][1])
+        resumed = dict(events_of(span)[2][1])
         assert resumed["thunkscope.stream.gap"] >= 0.3
         assert dict(span.attributes or {})[n.STREAM_OUTCOME] == "completed"
         assert dict(span.attributes or {})[n.STREAM_MAX_ITEM_GAP] >= 0.3
@@ -413,7 +406,7 @@ class TestStreams:
                 n.ERROR_TYPE: "TimeoutError",
             },
         )
-        assert _events(span) == [
+        assert events_of(span) == [
             (n.EVENT_FIRST_ITEM, {}),
             (n.EVENT_TIMEOUT, {"thunkscope.stream.chunk_timeout": STREAM_TIMEOUT}),
         ]
@@ -441,7 +434,7 @@ class TestStreams:
         assert attributes[n.ERROR_TYPE] == "InternalServerError"
         assert attributes[n.STREAM_ITEMS] == 0
         assert n.STREAM_MODE not in attributes
-        assert _events(span) == [(n.EVENT_ERROR_FORWARDED, {n.ERROR_TYPE: "InternalServerError"})]
+        assert events_of(span) == [(n.EVENT_ERROR_FORWARDED, {n.ERROR_TYPE: "InternalServerError"})]
 
     def test_broken_stream_is_forwarded(self, session: Any, telemetry: Any) -> None:
         """A stream cut mid-body is an error after the items that got through."""
@@ -454,7 +447,7 @@ class TestStreams:
         assert attributes[n.STREAM_OUTCOME] == "error"
         assert attributes[n.STREAM_ITEMS] == 2
         assert attributes[n.STREAM_MODE] == "iterator"
-        assert [name for name, _ in _events(span)] == [
+        assert [name for name, _ in events_of(span)] == [
             n.EVENT_FIRST_ITEM,
             n.EVENT_ERROR_FORWARDED,
         ]
@@ -473,20 +466,14 @@ class TestStreams:
         """tracer_provider and meter_provider arguments receive the telemetry."""
         from support.mellea_session import openai_session
 
-        exporter = InMemorySpanExporter()
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-        reader = InMemoryMetricReader()
-        meter_provider = MeterProvider(metric_readers=[reader])
-        instrumentor = MelleaInstrumentor()
-        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
-        try:
-            with openai_session(fake_openai.base_url) as mellea_session:
-                mellea_session.chat("hello", model_options=_options())
-        finally:
-            instrumentor.uninstrument()
-            meter_provider.shutdown()
-            tracer_provider.shutdown()
+        with in_memory_providers() as (exporter, tracer_provider, reader, meter_provider):
+            instrumentor = MelleaInstrumentor()
+            instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+            try:
+                with openai_session(fake_openai.base_url) as mellea_session:
+                    mellea_session.chat("hello", model_options=_options())
+            finally:
+                instrumentor.uninstrument()
         names = {span.name for span in exporter.get_finished_spans()}
         assert n.SPAN_SEND_TO_QUEUE in names
         # mellea 0.8 looks its client up with get_or_create, 0.7 with get.
@@ -659,7 +646,7 @@ class TestClientCache:
             spans = telemetry.spans(n.SPAN_CACHE_PUT)
         evicting = [s for s in spans if dict(s.attributes or {})[n.CACHE_EVICTED]]
         assert all(
-            _events(s) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: "mellea.openai"})]
+            events_of(s) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: "mellea.openai"})]
             for s in evicting
         )
         assert all(dict(s.attributes or {})[n.CACHE_NAME] == "mellea.openai" for s in spans)
@@ -815,7 +802,7 @@ class TestDirectCalls:
         attributes = dict(span.attributes or {})
         assert attributes[n.STREAM_OUTCOME] == "error"
         assert attributes[n.ERROR_TYPE] == "AttributeError"
-        assert _events(span) == []
+        assert events_of(span) == []
 
     async def test_put_wait_on_a_full_queue(
         self, instrumented: MelleaInstrumentor, telemetry: Any
@@ -928,6 +915,10 @@ with mellea.start_session(
 """
 
 
+# mellea's own tracing on, its spans exported over OTLP like thunkscope's.
+MELLEA_OWN_TRACING = {"MELLEA_TRACES_ENABLED": "true", "MELLEA_TRACES_OTLP": "true"}
+
+
 def _instrument_command() -> list[str]:
     script = Path(sys.executable).with_name("opentelemetry-instrument")
     return [str(script), sys.executable]
@@ -1000,13 +991,7 @@ class TestAutoInstrumentation:
         self, tmp_path: Path, rotel: Any, fake_openai: FakeOpenAI
     ) -> None:
         """With mellea's own tracing on, the producer span is a child of mellea's session span."""
-        self._run(
-            tmp_path,
-            rotel,
-            fake_openai.base_url,
-            MELLEA_TRACES_ENABLED="true",
-            MELLEA_TRACES_OTLP="true",
-        )
+        self._run(tmp_path, rotel, fake_openai.base_url, **MELLEA_OWN_TRACING)
         (stream,) = rotel.wait_for_spans(1, name=n.SPAN_SEND_TO_QUEUE)
         (mellea_session,) = rotel.wait_for_spans(1, name="session")
         assert mellea_session["scope_name"] == "mellea.application"
@@ -1022,8 +1007,7 @@ class TestAutoInstrumentation:
             rotel,
             fake_openai.base_url,
             OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="mellea,structlog",
-            MELLEA_TRACES_ENABLED="true",
-            MELLEA_TRACES_OTLP="true",
+            **MELLEA_OWN_TRACING,
         )
         rotel.wait_for_spans(1, name="session")  # the pipeline delivered mellea's spans
         assert [s for s in rotel.spans() if s["scope_name"] == "thunkscope"] == []

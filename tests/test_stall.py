@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from conftest import AtLeast, events_of
 from thunkscope import _names as n
 from thunkscope import _telemetry, _watch, inflight, send_to_queue
 
@@ -16,19 +17,6 @@ GAP = 0.15
 HANG = 0.5  # a stall standing in for a hang: at least 10x the chunk_timeout it meets
 
 pytestmark = pytest.mark.usefixtures("telemetry")
-
-
-class AtLeast:
-    """Equal to any number not below `low` (and below `high`): timings in exact dicts."""
-
-    def __init__(self, low: float, high: float = 5.0) -> None:
-        self.low, self.high = low, high
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, int | float) and self.low <= other < self.high
-
-    def __repr__(self) -> str:
-        return f"AtLeast({self.low})"
 
 
 async def gappy(items: list[str], gaps: dict[int, float]) -> AsyncIterator[str]:
@@ -47,9 +35,12 @@ def drain(queue: asyncio.Queue[Any]) -> list[Any]:
     return items
 
 
-def events_of(span: Any) -> list[tuple[str, dict[str, Any]]]:
-    """The span's events as (name, attributes) pairs."""
-    return [(event.name, dict(event.attributes or {})) for event in span.events]
+async def until_sentinel(queue: asyncio.Queue[Any]) -> list[Any]:
+    """The items taken off the queue as they come, up to the None sentinel."""
+    items = []
+    while (item := await queue.get()) is not None:
+        items.append(item)
+    return items
 
 
 def stalls_by_name(telemetry: Any) -> dict[str, int]:
@@ -329,9 +320,7 @@ class TestBackpressure:
         (snapshot,) = inflight()
         assert snapshot["state"] == _watch.BLOCKED_ON_PUT
         assert snapshot["items"] == 2
-        received = []
-        while (item := await queue.get()) is not None:
-            received.append(item)
+        received = await until_sentinel(queue)
         await task
         assert received == ["a", "b", "c"]
 
@@ -382,9 +371,7 @@ class TestBackpressure:
             )
         )
         await asyncio.sleep(GAP)  # blocked putting "b" for longer than stall_after
-        received = []
-        while (item := await queue.get()) is not None:
-            received.append(item)
+        received = await until_sentinel(queue)
         await task
         assert received == ["a", "b", "c"]
         (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)

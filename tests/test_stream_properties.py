@@ -21,14 +21,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 
+from conftest import Telemetry, in_memory_telemetry
 from thunkscope import _names as n
-from thunkscope import _telemetry, _watch, iter_queue, send_to_queue
+from thunkscope import _watch, iter_queue, send_to_queue
 
 HANG = 0.05  # a hang: longer than the short chunk_timeout, short enough for a test
 NAME = "prop"
@@ -224,36 +221,16 @@ class SpanEnds(logging.Handler):
 
 
 @contextmanager
-def fresh_telemetry() -> Iterator[tuple[InMemorySpanExporter, InMemoryMetricReader, SpanEnds]]:
+def fresh_telemetry() -> Iterator[tuple[Telemetry, SpanEnds]]:
     """In-memory providers for one example, and a watch on double span ends."""
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
     handler = SpanEnds()
     sdk_logger = logging.getLogger("opentelemetry.sdk.trace")
     sdk_logger.addHandler(handler)
-    _telemetry.use_providers(tracer_provider=tracer_provider, meter_provider=meter_provider)
     try:
-        yield exporter, reader, handler
+        with in_memory_telemetry() as telemetry:
+            yield telemetry, handler
     finally:
-        _telemetry.use_providers()
         sdk_logger.removeHandler(handler)
-        meter_provider.shutdown()
-        tracer_provider.shutdown()
-
-
-def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    """Data points of one metric as collected now."""
-    data = reader.get_metrics_data()
-    found: list[Any] = []
-    for resource_metrics in data.resource_metrics if data else []:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                if metric.name == name:
-                    found.extend(metric.data.data_points)
-    return found
 
 
 def only(spans: list[ReadableSpan], name: str) -> ReadableSpan:
@@ -271,11 +248,11 @@ class TestEveryWayOut:
     @given(script=scripts())
     def test_stream_scripts(self, script: Script) -> None:
         """Items in order, one terminator, spans ended once, nothing in flight afterwards."""
-        with fresh_telemetry() as (exporter, reader, span_ends):
+        with fresh_telemetry() as (telemetry, span_ends):
             run = asyncio.run(run_script(script))
-            spans = list(exporter.get_finished_spans())
-            active = points(reader, n.STREAM_ACTIVE.name)
-            stalls = points(reader, n.STREAM_STALLS.name)
+            spans = telemetry.spans()
+            active = telemetry.points(n.STREAM_ACTIVE.name)
+            stalls = telemetry.points(n.STREAM_STALLS.name)
 
         # What was put on the queue, in order: items, then at most one terminator.
         put = list(run.received)
@@ -348,16 +325,16 @@ class TestActiveCount:
             await release.wait()
             return "done"
 
+        def active_by_name() -> dict[str, Any]:
+            """thunkscope.stream.active per stream name, as collected now."""
+            return {
+                p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
+            }
+
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(send_to_queue(stuck(), queue, name="counted"))
         await asyncio.sleep(0.01)
-        by_name = {
-            p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
-        }
-        assert by_name["counted"] == 1
+        assert active_by_name()["counted"] == 1
         release.set()
         await task
-        by_name = {
-            p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
-        }
-        assert by_name["counted"] == 0
+        assert active_by_name()["counted"] == 0

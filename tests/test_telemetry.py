@@ -13,7 +13,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 from opentelemetry.trace import SpanKind, StatusCode
 
-from conftest import Telemetry
+from conftest import Telemetry, events_of
 from thunkscope import (
     ClientCache,
     _events,
@@ -56,10 +56,6 @@ class Thunk:
         if isinstance(self.value, Exception):
             raise self.value
         return self.value
-
-
-def events_of(span: Any) -> list[tuple[str, dict[str, Any]]]:
-    return [(event.name, dict(event.attributes or {})) for event in span.events]
 
 
 class TestSendToQueueSpan:
