@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Telemetry
+from conftest import Telemetry, events_of
 from thunkscope import _names as n
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
@@ -200,9 +200,7 @@ class TestBaselines:
         assert floor_items == real_items == [0, None]
         floor, real = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
         assert (floor.kind, set(floor.attributes)) == (real.kind, set(real.attributes))
-        assert [(e.name, dict(e.attributes or {})) for e in floor.events] == [
-            (e.name, dict(e.attributes or {})) for e in real.events
-        ]
+        assert events_of(floor) == events_of(real)
         for metric in (n.STREAM_DURATION, n.STREAM_TTFI, n.STREAM_ITEM_COUNT):
             (point,) = telemetry.points(metric.name)
             assert point.count == 2, metric.name  # one from each
