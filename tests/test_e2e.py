@@ -44,6 +44,7 @@ class TestDemo:
             "rounds": 1,
             "streams": {"completed": 16, "error": 1, "timeout": 1},
             "stalls": 1,
+            "blocked_on_put": 1,
             "gathers": 4,
             "cache": {"hit": 13, "miss": 3, "evictions": 1},
         }
@@ -56,7 +57,14 @@ class TestDemo:
         lines = result.stdout.splitlines()
         assert lines[0].startswith("thunkscope demo:")
         text = result.stdout
-        for label in ("completed", "timeout", "time to first item", "client cache", "evictions"):
+        for label in (
+            "completed",
+            "timeout",
+            "time to first item",
+            "blocked on put",
+            "client cache",
+            "evictions",
+        ):
             assert label in text
 
     @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])

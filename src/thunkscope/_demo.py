@@ -195,6 +195,7 @@ class Summary:
     _ttfi_sum: float = field(default=0.0, repr=False)
     _ttfi_count: int = field(default=0, repr=False)
     stalls: int = 0
+    blocked_on_put: int = 0  # streams that waited on a full queue (a slow consumer)
     cache: dict[str, int] = field(default_factory=dict)
     gathers: int = 0
     rounds: int = 0
@@ -220,6 +221,7 @@ class Summary:
                 f"max {self.ttfi_max_s * 1000:.1f} ms"
             )
         lines.append(f"stall warnings     {self.stalls}")
+        lines.append(f"blocked on put     {self.blocked_on_put}")
         lines.append(f"gathers            {self.gathers}")
         lines.append(
             "client cache       "
@@ -257,6 +259,8 @@ def _add(summary: Summary, name: str, point: Any) -> None:
         summary.ttfi_max_s = max(point.max, summary.ttfi_max_s or 0.0)
     elif name == n.STREAM_STALLS.name and isinstance(point, NumberDataPoint):
         summary.stalls += int(point.value)
+    elif name == n.QUEUE_PUT_WAIT.name and isinstance(point, HistogramDataPoint):
+        summary.blocked_on_put += point.count  # recorded only for streams that blocked
     elif name == n.GATHER_DURATION.name and isinstance(point, HistogramDataPoint):
         summary.gathers += point.count
     elif name == n.CACHE_LOOKUPS.name and isinstance(point, NumberDataPoint):
