@@ -8,11 +8,15 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thunkscope import _deadlines
-from thunkscope._deadlines import Deadlines, deadlines
+from thunkscope._deadlines import Check, Deadlines, deadlines
 
 SOON = 0.02
 
@@ -159,3 +163,104 @@ class TestPerLoop:
         asyncio.run(make())
         gc.collect()
         assert len(_deadlines._by_loop) == before
+
+
+class FakeLoopClock:
+    """A clock the test moves by hand, and the timers armed against it, fired in order."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._order = 0
+
+    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        self._order += 1
+        self.timers.append((self.now + delay, self._order, callback, args))
+
+    def advance_to(self, moment: float) -> None:
+        """Fire every timer due by `moment`, earliest first, as the event loop would."""
+        while True:
+            due = sorted(t for t in self.timers if t[0] <= moment)
+            if not due:
+                break
+            timer = due[0]
+            self.timers.remove(timer)
+            self.now = max(self.now, timer[0])
+            timer[2](*timer[3])
+        self.now = moment
+
+
+# One operation: schedule a check `offset` seconds ahead, cancel the i-th check scheduled
+# so far, or let `step` seconds pass.
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("schedule"), st.integers(0, 50)),
+        st.tuples(st.just("cancel"), st.integers(0, 400)),
+        st.tuples(st.just("advance"), st.integers(0, 20)),
+    ),
+    max_size=400,
+)
+
+
+class TestSimulated:
+    @settings(max_examples=150, deadline=None)
+    @given(operations)
+    def test_every_live_check_fires_once_in_due_order(self, steps: list[tuple[str, int]]) -> None:
+        """Whatever the mix of schedules, cancels and time, live checks fire once, in order."""
+        clock = FakeLoopClock()
+        table = Deadlines()
+        scheduled: list[tuple[float, int, Check]] = []
+        cancelled: set[int] = set()
+        fired: list[int] = []
+
+        def run() -> None:
+            for op, value in steps:
+                if op == "schedule":
+                    index = len(scheduled)
+                    due = clock.now + value / 10
+                    check = table.schedule(due, lambda index=index: fired.append(index))
+                    scheduled.append((due, index, check))
+                elif op == "cancel" and scheduled:
+                    index = value % len(scheduled)
+                    if index not in fired:
+                        cancelled.add(index)
+                    table.cancel(scheduled[index][2])
+                else:
+                    clock.advance_to(clock.now + value / 10)
+                stale = sum(1 for entry in table._heap if entry[2] is None)
+                assert table._stale == stale
+            clock.advance_to(clock.now + 10)  # past every due time
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_deadlines.time, "monotonic", lambda: clock.now)
+            patch.setattr(_deadlines.asyncio, "get_running_loop", lambda: clock)
+            run()
+        expected = [index for due, index, _ in sorted(scheduled) if index not in cancelled]
+        assert fired == expected
+        assert table.pending() == 0
+        assert table._heap == []
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        st.lists(st.integers(0, 10_000), min_size=130, max_size=300),
+        st.randoms(use_true_random=False),
+    )
+    def test_purged_heap_keeps_due_order(self, dues: list[int], random: Any) -> None:
+        """Cancelling most checks purges the heap; the survivors still fire in due order."""
+        clock = FakeLoopClock()
+        table = Deadlines()
+        fired: list[int] = []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_deadlines.time, "monotonic", lambda: clock.now)
+            patch.setattr(_deadlines.asyncio, "get_running_loop", lambda: clock)
+            checks = [
+                table.schedule(clock.now + 1 + due / 1_000, lambda i=i: fired.append(i))
+                for i, due in enumerate(dues)
+            ]
+            doomed = set(random.sample(range(len(dues)), k=len(dues) * 2 // 3))
+            for index in doomed:
+                table.cancel(checks[index])
+            assert len(table._heap) < len(dues)  # the purge ran
+            clock.advance_to(clock.now + 20)
+        survivors = sorted((due, i) for i, due in enumerate(dues) if i not in doomed)
+        assert fired == [i for _, i in survivors]
