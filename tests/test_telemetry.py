@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 import structlog
 from opentelemetry import trace as trace_api
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 from opentelemetry.trace import SpanKind, StatusCode
 
-from conftest import Telemetry, events_of
+from conftest import Telemetry, events_of, in_memory_providers
 from thunkscope import (
     ClientCache,
     _events,
+    _telemetry,
     get_current_event_loop,
+    inflight,
     send_to_queue,
     wait_for_all_mots,
 )
@@ -559,3 +562,43 @@ class TestUnderAutoInstrumentation:
         assert capsys.readouterr().out == ""
         messages = [r.getMessage().split(" ")[0] for r in stdlib_records.records]
         assert messages == [n.LOG_STREAM_STARTED, n.LOG_STREAM_FIRST_ITEM, n.LOG_STREAM_COMPLETED]
+
+
+class BrokenMeterProvider(NoOpMeterProvider):
+    """A meter provider that cannot even make a meter: thunkscope's instruments fail."""
+
+    def get_meter(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("meter provider broke")
+
+
+def failure_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The records report_failure logged."""
+    return [r for r in caplog.records if hasattr(r, "thunkscope_failure")]
+
+
+@pytest.mark.usefixtures("fresh_failure_reports")
+class TestTelemetryThatThrows:
+    async def test_instruments_failing_at_stream_start(
+        self, stdlib_records: pytest.LogCaptureFixture
+    ) -> None:
+        """Instruments that cannot be made at a stream's start: protocol kept, span ended once,
+        context detached, stream unregistered, the failure reported."""
+        with in_memory_providers() as providers:
+            _telemetry.use_providers(
+                tracer_provider=providers.tracer_provider, meter_provider=BrokenMeterProvider()
+            )
+            try:
+                before = trace_api.get_current_span()
+                queue: asyncio.Queue[Any] = asyncio.Queue()
+                await send_to_queue(agen("a", "b"), queue, name="broken-meter")
+                assert [queue.get_nowait() for _ in range(queue.qsize())] == ["a", "b", None]
+                assert trace_api.get_current_span() is before
+                assert [s for s in inflight() if s["name"] == "broken-meter"] == []
+                (span,) = providers.exporter.get_finished_spans()
+                assert span.attributes is not None
+                assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+            finally:
+                _telemetry.use_providers()
+        places = {r.thunkscope_failure for r in failure_warnings(stdlib_records)}  # type: ignore[attr-defined]
+        assert "stream start" in places
+        assert all("broke" not in r.getMessage() for r in failure_warnings(stdlib_records))

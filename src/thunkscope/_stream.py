@@ -114,12 +114,15 @@ async def send_to_queue(
         stall_after=stall,
         now=start,
     )
-    token = (
-        otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
-    )
     register(watch)
-    note_producer(aqueue, watch)
-    telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
+    token = None
+    try:
+        if span.is_recording():
+            token = otel_context.attach(trace_api.set_span_in_context(span))
+        note_producer(aqueue, watch)
+        telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
+    except Exception as exc:  # telemetry that throws must not stop the stream
+        report_failure("stream start", exc)
     if events.enabled(events.DEBUG):
         events.emit(events.DEBUG, n.LOG_STREAM_STARTED, stream_id=stream_id, stream=name)
 
