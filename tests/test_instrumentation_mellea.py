@@ -305,6 +305,56 @@ class TestBindings:
         for name in ("mellea.backends.openai", "mellea.backends.ollama"):
             assert out[name] == {"wraps_original": True, "own_wrapper": True}, name
 
+    def test_backend_imported_before_is_patched_once(self, mellea: Any) -> None:
+        """A backend imported before instrument() gets one wrapper (the post-import hook runs
+        at once for it too), and uninstrument() restores it silently, cycle after cycle."""
+        code = textwrap.dedent(
+            f"""
+            import json, sys
+            import mellea.backends.openai  # an app that imported its backend first
+            from thunkscope.instrumentation import MelleaInstrumentor
+
+            def bindings():
+                found = {{}}
+                for name, module in sys.modules.copy().items():
+                    if module is None or name.split(".")[0] != "mellea":
+                        continue
+                    for attribute in {HELPER_NAMES!r}:
+                        value = vars(module).get(attribute)
+                        if value is not None:
+                            found[name + "." + attribute] = value
+                return found
+
+            before = bindings()
+            out = {{"restored": [], "single_wrappers": []}}
+            for _ in range(2):
+                instrumentor = MelleaInstrumentor()
+                instrumentor.instrument()
+                during = bindings()
+                out["single_wrappers"].append(sorted(
+                    key for key, value in during.items()
+                    if value is not before[key] and value.__wrapped__ is before[key]
+                ))
+                instrumentor.uninstrument()
+                after = bindings()
+                out["restored"].append(
+                    after.keys() == before.keys()
+                    and all(after[key] is before[key] for key in before)
+                )
+            out["holders"] = sorted(before)
+            print(json.dumps(out))
+            """
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        )
+        assert "replaced after instrumentation" not in result.stderr
+        assert result.stderr == ""
+        out = json.loads(result.stdout.strip().splitlines()[-1])
+        assert "mellea.backends.openai.send_to_queue" in out["holders"]
+        assert out["restored"] == [True, True]
+        assert out["single_wrappers"] == [out["holders"], out["holders"]]
+
 
 # --- streams through a real session -----------------------------------------------------------
 

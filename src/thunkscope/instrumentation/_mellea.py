@@ -61,7 +61,8 @@ class _Patches:
     # interpreter teardown, where their globals are already None when mellea's own
     # finalizers (``_EventLoopHandler.__del__``) run.
     bindings: list[tuple[weakref.ref[ModuleType], str, Any, Any]] = field(default_factory=list)
-    wrappers: set[int] = field(default_factory=set)
+    # id of each wrapper of ours -> the module it was made for (the bindings keep it alive)
+    wrappers: dict[int, str] = field(default_factory=dict)
     cache_class: type | None = None
     cache_methods: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -87,12 +88,14 @@ class _Patches:
                 current = namespace.get(attribute)
                 # The original, or a wrapper of ours that a module imported after
                 # instrument() bound from ``mellea.helpers``: each module gets its own,
-                # named after it.
-                if current is not original and id(current) not in self.wrappers:
+                # named after it. A module's own wrapper stays: wrapt runs the post-import
+                # hook at once for a module already imported, which was patched already.
+                owner = self.wrappers.get(id(current))
+                if owner == module.__name__ or (current is not original and owner is None):
                     continue
                 wrapper = self.wrapper_for(module.__name__, attribute, original)
                 setattr(module, attribute, wrapper)
-                self.wrappers.add(id(wrapper))
+                self.wrappers[id(wrapper)] = module.__name__
                 self.bindings.append((weakref.ref(module), attribute, original, wrapper))
 
     def restore(self) -> None:
