@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -296,6 +297,25 @@ class TestChunkTimeout:
 
         await send_to_queue(slow_single(), queue, chunk_timeout=0.03)
         assert drain(queue) == ["done", None]
+
+    async def test_timeout_in_a_task_with_cancel_requests_pending(self) -> None:
+        """A task that caught an earlier cancel without uncancel() still gets a real timeout."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def worker() -> int:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(HANG)  # an earlier job, cancelled; carries on, no uncancel
+            assert task.cancelling() == 1
+            await send_to_queue(StalledIterator(), queue, chunk_timeout=0.05)
+            return task.cancelling()
+
+        assert await asyncio.create_task(worker()) == 1  # as it was: the deadline's own undone
+        first, error = drain(queue)
+        assert first == "first"
+        assert isinstance(error, TimeoutError)
 
     async def test_outer_cancellation_during_timeout_window_propagates(self) -> None:
         """A cancellation from outside is never mistaken for the deadline."""

@@ -114,6 +114,9 @@ async def send_to_queue(
         stall_after=stall,
         now=start,
     )
+    # Cancel requests the task had before this stream: the deadline's own cancel is told
+    # apart from any other by the count coming back to this (as asyncio.timeout does).
+    cancelling = 0 if watch.task is None else watch.task.cancelling()
     register(watch)
     token = None
     try:
@@ -155,7 +158,7 @@ async def send_to_queue(
             span.add_event(n.EVENT_SENTINEL, {n.STREAM_ITEMS: watch.items})
     except asyncio.CancelledError as exc:
         task = watch.task
-        if not (watch.expired and task is not None and task.uncancel() == 0):
+        if not (watch.expired and task is not None and task.uncancel() <= cancelling):
             outcome, error = n.OUTCOME_CANCELLED, exc
             raise
         outcome = n.OUTCOME_TIMEOUT
