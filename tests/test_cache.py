@@ -10,8 +10,14 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from opentelemetry import trace as trace_api
+from opentelemetry.sdk.trace import ReadableSpan
 
+from conftest import Telemetry
 from thunkscope import ClientCache
+from thunkscope import _cache as core_cache
+from thunkscope import _events as events
+from thunkscope import _names as n
 
 
 class TestLRU:
@@ -139,6 +145,68 @@ class TestThreads:
             thread.join()
         assert cache.current_size() == 1600
         assert all(cache.get(t * 1000 + i) == i for t in range(8) for i in range(200))
+
+
+def ids_of(span: ReadableSpan) -> tuple[str, str]:
+    """(trace_id, span_id) of a finished span, hex as log events carry them."""
+    assert span.context is not None
+    return (
+        trace_api.format_trace_id(span.context.trace_id),
+        trace_api.format_span_id(span.context.span_id),
+    )
+
+
+def logged_ids(log_events: list[dict[str, Any]]) -> list[tuple[str, Any, Any]]:
+    """(event, trace_id, span_id) of every captured log event."""
+    return [(e["event"], e.get("trace_id"), e.get("span_id")) for e in log_events]
+
+
+class TestLogsCarryTheirSpan:
+    def test_every_event_carries_the_span_of_its_operation(
+        self, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """Miss, put, hit and eviction events carry the ids of the span the call emitted."""
+        cache: ClientCache[str, int] = ClientCache(1, name="log-ids")
+        cache.get("a")
+        cache.put("a", 1)
+        cache.get("a")
+        cache.put("b", 2)  # evicts "a"
+        miss, put, hit, evicting_put = (ids_of(s) for s in telemetry.spans())
+        assert logged_ids(log_events) == [
+            (n.LOG_CACHE_MISS, *miss),
+            (n.LOG_CACHE_PUT, *put),
+            (n.LOG_CACHE_HIT, *hit),
+            (n.LOG_CACHE_PUT, *evicting_put),
+            (n.LOG_CACHE_EVICTED, *evicting_put),
+        ]
+
+    def test_inside_a_trace_events_carry_the_cache_span_not_its_parent(
+        self, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """Within an application span, the event names the cache span, a child of it."""
+        cache: ClientCache[str, int] = ClientCache(2, name="log-ids-child")
+        with telemetry.tracer_provider.get_tracer("app").start_as_current_span("request"):
+            cache.get("a")
+        get, request = telemetry.spans()
+        assert get.parent is not None
+        assert request.context is not None
+        assert get.parent.span_id == request.context.span_id
+        assert logged_ids(log_events) == [(n.LOG_CACHE_MISS, *ids_of(get))]
+
+    def test_report_logs_with_the_span_it_ends(
+        self, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """`report` (the mellea instrumentation's path) logs with the ids of the span it ends."""
+        span = core_cache.start_span(n.SPAN_CACHE_PUT, "reported")
+        assert span is not None
+        core_cache.report(
+            span, "reported", 1, 1, events.DEBUG, n.LOG_CACHE_PUT, result=None, evicted=True
+        )
+        (ended,) = telemetry.spans()
+        assert logged_ids(log_events) == [
+            (n.LOG_CACHE_PUT, *ids_of(ended)),
+            (n.LOG_CACHE_EVICTED, *ids_of(ended)),
+        ]
 
 
 class ReferenceLRU:

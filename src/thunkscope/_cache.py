@@ -284,10 +284,13 @@ class ClientCache(Generic[K, V]):
         *,
         evicted: bool | None = None,
     ) -> None:
+        """Emit the span of an operation just done (if one is wanted) and log the operation."""
         size = len(self.cache)
+        span = None
         if telemetry.cheap_span_wanted():
-            _instant_span(span_name, self.name, size, result, evicted)
-        report(None, self.name, size, self.capacity, level, event, result=result, evicted=evicted)
+            attributes = {n.CACHE_NAME: self.name, **_outcome(size, result, evicted)}
+            span = _start_span(span_name, attributes)
+        _finish(span, self.name, size, self.capacity, level, event, result=result, evicted=evicted)
 
     def _hand_over(self, value: V) -> None:
         """Hand a value that left the cache to `on_evict`; errors are logged, never raised."""
@@ -305,33 +308,7 @@ def start_span(span_name: str, cache_name: str) -> Span | None:
     """The span of one cache operation, if a cheap span is wanted now; end it with `report`."""
     if not telemetry.cheap_span_wanted():
         return None
-    try:
-        return telemetry.tracer.start_span(span_name, attributes={n.CACHE_NAME: cache_name})
-    except Exception as exc:
-        report_failure("span start", exc)
-        return None
-
-
-def _instant_span(
-    span_name: str, cache_name: str, size: int, result: str | None, evicted: bool | None
-) -> None:
-    """The span of an operation already done: every attribute at start, one pass, ended."""
-    attributes: dict[str, Any] = {n.CACHE_NAME: cache_name, n.CACHE_SIZE: size}
-    if result is not None:
-        attributes[n.CACHE_RESULT] = result
-    if evicted is not None:
-        attributes[n.CACHE_EVICTED] = evicted
-    try:
-        span = telemetry.tracer.start_span(span_name, attributes=attributes)
-    except Exception as exc:
-        report_failure("span start", exc)
-        return
-    if evicted or result == n.RESULT_STALE:
-        try:
-            span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: cache_name})
-        except Exception as exc:
-            report_failure("span event", exc)
-    end_span(span)
+    return _start_span(span_name, {n.CACHE_NAME: cache_name})
 
 
 def report(
@@ -351,33 +328,72 @@ def report(
     Shared by `ClientCache` and the mellea instrumentation's ``ClientCache`` wrappers:
     the span gets the size after the operation, the result, whether it evicted and the
     type of an exception it raised; `event` is logged at `level`, and an eviction
-    (or a stale entry found) also as ``cache.evicted``.
+    (or a stale entry found) also as ``cache.evicted``. The log events carry the ids of
+    the span.
     """
     if span is not None:
         try:
-            attributes: dict[str, Any] = {n.CACHE_SIZE: size}
-            if result is not None:
-                attributes[n.CACHE_RESULT] = result
-            if evicted is not None:
-                attributes[n.CACHE_EVICTED] = evicted
+            attributes = _outcome(size, result, evicted)
             if error is not None:
                 error_type = type(error).__qualname__
                 attributes[n.ERROR_TYPE] = error_type
                 span.set_status(Status(StatusCode.ERROR, f"raised {error_type}"))
             span.set_attributes(attributes)
-            if evicted or result == n.RESULT_STALE:
-                span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: cache_name})
         except Exception as exc:
             report_failure("span attributes", exc)
-        finally:
-            end_span(span)
-    if events.enabled(level):
+    _finish(span, cache_name, size, capacity, level, event, result=result, evicted=evicted)
+
+
+def _outcome(size: int, result: str | None, evicted: bool | None) -> dict[str, Any]:
+    """The attributes of a cache span that say what the operation did."""
+    attributes: dict[str, Any] = {n.CACHE_SIZE: size}
+    if result is not None:
+        attributes[n.CACHE_RESULT] = result
+    if evicted is not None:
+        attributes[n.CACHE_EVICTED] = evicted
+    return attributes
+
+
+def _start_span(span_name: str, attributes: dict[str, Any]) -> Span | None:
+    try:
+        return telemetry.tracer.start_span(span_name, attributes=attributes)
+    except Exception as exc:
+        report_failure("span start", exc)
+        return None
+
+
+def _finish(
+    span: Span | None,
+    cache_name: str,
+    size: int,
+    capacity: int,
+    level: int,
+    event: str,
+    *,
+    result: str | None,
+    evicted: bool | None,
+) -> None:
+    """End the span (an eviction, or a stale entry found, is an event on it) and log the
+    operation: `event` at `level`, an eviction also as ``cache.evicted``, each with the
+    span's ids (the span is never made current, so the logger would not find it)."""
+    if span is not None:
+        if evicted or result == n.RESULT_STALE:
+            try:
+                span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: cache_name})
+            except Exception as exc:
+                report_failure("span event", exc)
+        end_span(span)
+    logged = events.enabled(level)
+    if not (logged or evicted):
+        return
+    ids = {} if span is None else events.span_ids(span)
+    if logged:
         fields: dict[str, Any] = {"cache": cache_name, "size": size, "capacity": capacity}
         if result == n.RESULT_STALE:
             fields["result"] = result
-        events.emit(level, event, **fields)
+        events.emit(level, event, **fields, **ids)
     if evicted:
-        events.emit(events.INFO, n.LOG_CACHE_EVICTED, cache=cache_name, size=size)
+        events.emit(events.INFO, n.LOG_CACHE_EVICTED, cache=cache_name, size=size, **ids)
 
 
 class _Missing:
