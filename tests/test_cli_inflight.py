@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -48,6 +49,46 @@ TARGET = textwrap.dedent(
     asyncio.run(main())
     """
 )
+
+
+# Replies that are not HTTP: another protocol's banner (http.client.BadStatusLine) and an
+# HTTP body cut short (http.client.IncompleteRead).
+NOT_HTTP = {
+    "ssh-banner": b"SSH-2.0-x\r\n",
+    "cut-short": b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n[",
+}
+
+
+@pytest.fixture(params=sorted(NOT_HTTP))
+def garbage_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a loopback socket that answers every connection with a non-HTTP reply."""
+    reply = NOT_HTTP[request.param]
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    conn.recv(65536)  # the request
+                    conn.sendall(reply)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +190,15 @@ class TestOnce:
         result = cli("inflight", "--url", url)
         assert result.returncode == 1
         assert result.stderr.startswith(f"thunkscope inflight: cannot read {url}inflight: ")
+        assert result.stdout == ""
+
+    def test_not_an_http_reply(self, garbage_url: str) -> None:
+        """A server that does not answer HTTP is exit 1 with the reason, not a traceback."""
+        result = cli("inflight", "--url", garbage_url)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"thunkscope inflight: cannot read {garbage_url}inflight: ")
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.splitlines()) == 1
         assert result.stdout == ""
 
     def test_not_an_http_url(self) -> None:
@@ -264,3 +314,18 @@ class TestRender:
         assert code == 0
         assert naps == [0.25, 0.25]
         assert drawn.getvalue().count("no stream in flight") == 2
+
+    def test_watch_loop_survives_a_non_http_reply(self, garbage_url: str) -> None:
+        """--watch draws "cannot read it" for a non-HTTP reply and keeps polling."""
+        drawn = io.StringIO()
+        naps: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            naps.append(seconds)
+            if len(naps) == 2:
+                raise KeyboardInterrupt
+
+        code = _inflight_view.run(garbage_url, watch=True, interval=0.25, out=drawn, sleep=sleep)
+        assert code == 0
+        assert naps == [0.25, 0.25]
+        assert drawn.getvalue().count("\n\ncannot read it: ") == 2

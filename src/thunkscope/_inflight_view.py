@@ -8,6 +8,7 @@ it runs wherever the process being debugged runs.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -27,6 +28,11 @@ _ASYNCIO_DIR: Final = f"{os.sep}asyncio{os.sep}"
 _RIGHT_ALIGNED: Final = frozenset({"IDLE", "AGE", "ITEMS"})
 
 Snapshot = dict[str, Any]
+
+# What reading the endpoint may raise short of a bug: no connection, a reply that is not
+# HTTP (another service on the port: BadStatusLine, or one cut short: IncompleteRead),
+# or one that is not the JSON list of snapshots.
+_READ_ERRORS: Final = (OSError, ValueError, http.client.HTTPException)
 
 
 def inflight_url(url: str) -> str:
@@ -112,7 +118,7 @@ def run(
     if not watch:
         try:
             snapshots = fetch(endpoint)
-        except (OSError, ValueError) as exc:
+        except _READ_ERRORS as exc:
             print(f"thunkscope inflight: cannot read {endpoint}: {_reason(exc)}", file=sys.stderr)
             return 1
         stream.write(render(snapshots, source=endpoint, width=_width(stream)))
@@ -124,7 +130,7 @@ def run(
             clock = time.strftime("%H:%M:%S")
             try:
                 frame = render(fetch(endpoint), source=endpoint, width=_width(stream), clock=clock)
-            except (OSError, ValueError) as exc:
+            except _READ_ERRORS as exc:
                 frame = (
                     f"thunkscope inflight  {endpoint}  {clock}\n\ncannot read it: {_reason(exc)}\n"
                 )
@@ -202,4 +208,6 @@ def _width(stream: TextIO) -> int | None:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
         return str(exc.reason)
+    if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
+        return f"not a valid HTTP reply: {exc!r}"
     return str(exc) or type(exc).__name__
