@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Telemetry
+from conftest import Telemetry, events_of
+from test_cache import ids_of
 from thunkscope import ClientCache
 from thunkscope import _names as n
 
@@ -228,3 +229,81 @@ class TestStaleTelemetry:
             (n.LOG_CACHE_EVICTED, n.RESULT_STALE, None),
             (n.LOG_CACHE_MISS, None, n.RESULT_STALE),
         ]
+
+    def test_put_that_sweeps_a_stale_entry_says_it_evicted(
+        self, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """A put that evicts a closed loop's entry: evicted=True and a cache.evicted event."""
+        evicted: list[Client] = []
+        name = unique()
+        cache: ClientCache[Any, Any] = ClientCache(4, name=name, on_evict=evicted.append)
+        loop = asyncio.new_event_loop()
+        client = loop.run_until_complete(_make(cache))
+        loop.close()
+        telemetry.exporter.clear()
+        log_events.clear()
+        cache.put("other", "client-other")
+        assert evicted == [client]
+        (span,) = telemetry.spans(n.SPAN_CACHE_PUT)
+        assert dict(span.attributes or {}) == {
+            n.CACHE_NAME: name,
+            n.CACHE_SIZE: 1,
+            n.CACHE_EVICTED: True,
+        }
+        assert events_of(span) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: name})]
+        evictions = telemetry.by_attributes("thunkscope.cache.evictions")
+        assert evictions[frozenset({(n.CACHE_NAME, name)})].value == 1
+        ids = ids_of(span)
+        assert [
+            (e["event"], e.get("reason"), e.get("trace_id"), e.get("span_id")) for e in log_events
+        ] == [
+            (n.LOG_CACHE_EVICTED, n.RESULT_STALE, *ids),
+            (n.LOG_CACHE_PUT, None, *ids),
+        ]
+
+    @pytest.mark.parametrize("result", [n.RESULT_MISS, n.RESULT_HIT])
+    def test_lookup_of_another_key_that_sweeps_says_it_evicted(
+        self, result: str, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """A lookup of another key that evicts a dead loop's entry has the cache.evicted event."""
+        name = unique()
+        cache: ClientCache[Any, Any] = ClientCache(4, name=name)
+        cache.put("other", "client-other")
+        put_in_fresh_loop(cache)  # its loop is collected: the next operation sweeps
+        telemetry.exporter.clear()
+        log_events.clear()
+        key = "other" if result == n.RESULT_HIT else "missing"
+        cache.get(key)
+        (span,) = telemetry.spans(n.SPAN_CACHE_GET)
+        assert dict(span.attributes or {}) == {
+            n.CACHE_NAME: name,
+            n.CACHE_SIZE: 1,
+            n.CACHE_RESULT: result,
+        }
+        assert events_of(span) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: name})]
+        ids = ids_of(span)
+        level_event = n.LOG_CACHE_HIT if result == n.RESULT_HIT else n.LOG_CACHE_MISS
+        assert [
+            (e["event"], e.get("reason"), e.get("trace_id"), e.get("span_id")) for e in log_events
+        ] == [
+            (n.LOG_CACHE_EVICTED, n.RESULT_STALE, *ids),
+            (level_event, None, *ids),
+        ]
+
+    def test_stale_lookup_after_an_earlier_sweep_evicts_nothing_more(
+        self, telemetry: Telemetry
+    ) -> None:
+        """The eviction is an event on the span of the call that evicted, once."""
+        name = unique()
+        cache: ClientCache[int, Client] = ClientCache(4, name=name)
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(_make(cache))
+        loop.close()
+        telemetry.exporter.clear()
+        assert cache.get(-1) is None  # sweeps
+        assert cache.get(id(loop)) is None  # reported stale
+        sweep, stale = telemetry.spans(n.SPAN_CACHE_GET)
+        assert dict(sweep.attributes or {})[n.CACHE_RESULT] == n.RESULT_MISS
+        assert events_of(sweep) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: name})]
+        assert dict(stale.attributes or {})[n.CACHE_RESULT] == n.RESULT_STALE
+        assert events_of(stale) == []

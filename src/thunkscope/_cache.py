@@ -14,7 +14,8 @@ runs on a loop and the key is that loop or its id, the cache keeps a weak refere
 to the loop. When the loop is collected (always before its id can be reused) the
 reference's callback notes the key; the next operation on the cache evicts the entry
 as *stale*: a lookup of that key is a miss with ``thunkscope.cache.result=stale``,
-the value goes to `on_evict`, and the eviction is counted and logged. A loop that is
+the value goes to `on_evict`, and the eviction is counted, logged and an event
+``cache.evicted`` on the span of the operation that evicted it. A loop that is
 closed but still referenced cannot have its id reused; its entry is swept the same
 way at the next miss or put.
 """
@@ -161,12 +162,18 @@ class ClientCache(Generic[K, V]):
             cache[key] = value
             self._stale_keys.pop(key, None)
             self._bind_locked(key, loop)
-        if evicted is not None:
-            self._stats.evictions += 1
-        self._after_stale(stale)
+        evictions = len(stale) + (evicted is not None)
+        if evictions:
+            self._stats.evictions += evictions
         self._report(
-            n.SPAN_CACHE_PUT, events.DEBUG, n.LOG_CACHE_PUT, None, evicted=evicted is not None
+            n.SPAN_CACHE_PUT,
+            events.DEBUG,
+            n.LOG_CACHE_PUT,
+            None,
+            evicted=evicted is not None,
+            stale=len(stale),
         )
+        self._hand_over_stale(stale)
         if evicted is not None:
             self._hand_over(evicted[1])
 
@@ -210,11 +217,13 @@ class ClientCache(Generic[K, V]):
             stats.hits += 1
         else:
             stats.misses += 1
-        self._after_stale(stale)
+        if stale:
+            stats.evictions += len(stale)
         if result == n.RESULT_HIT:
-            self._report(n.SPAN_CACHE_GET, events.DEBUG, n.LOG_CACHE_HIT, result)
+            self._report(n.SPAN_CACHE_GET, events.DEBUG, n.LOG_CACHE_HIT, result, stale=len(stale))
         else:
-            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, result)
+            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, result, stale=len(stale))
+        self._hand_over_stale(stale)
         return value
 
     def _pop_stale_key_locked(self, key: K) -> bool:
@@ -259,18 +268,9 @@ class ClientCache(Generic[K, V]):
                 self._stale_keys.popitem(last=False)
         return stale
 
-    def _after_stale(self, stale: list[tuple[K, V]]) -> None:
-        """Count, log and hand over entries evicted as stale (outside the lock)."""
+    def _hand_over_stale(self, stale: list[tuple[K, V]]) -> None:
+        """Hand the entries evicted as stale to `on_evict` (outside the lock)."""
         for _key, value in stale:
-            self._stats.evictions += 1
-            if events.enabled(events.INFO):
-                events.emit(
-                    events.INFO,
-                    n.LOG_CACHE_EVICTED,
-                    cache=self.name,
-                    reason=n.RESULT_STALE,
-                    size=len(self.cache),
-                )
             self._hand_over(value)
 
     # -- telemetry ---------------------------------------------------------------------------
@@ -283,14 +283,31 @@ class ClientCache(Generic[K, V]):
         result: str | None,
         *,
         evicted: bool | None = None,
+        stale: int = 0,
     ) -> None:
-        """Emit the span of an operation just done (if one is wanted) and log the operation."""
+        """Emit the span of an operation just done (if one is wanted) and log the operation.
+
+        `evicted`: whether a put evicted the least recently used entry; `stale`: how many
+        entries behind dead loops the call evicted. A put's span says ``evicted`` if it
+        evicted either way.
+        """
         size = len(self.cache)
         span = None
         if telemetry.cheap_span_wanted():
-            attributes = {n.CACHE_NAME: self.name, **_outcome(size, result, evicted)}
+            any_evicted = evicted if evicted is None else evicted or stale > 0
+            attributes = {n.CACHE_NAME: self.name, **_outcome(size, result, any_evicted)}
             span = _start_span(span_name, attributes)
-        _finish(span, self.name, size, self.capacity, level, event, result=result, evicted=evicted)
+        _finish(
+            span,
+            self.name,
+            size,
+            self.capacity,
+            level,
+            event,
+            result=result,
+            evicted=evicted,
+            stale=stale,
+        )
 
     def _hand_over(self, value: V) -> None:
         """Hand a value that left the cache to `on_evict`; errors are logged, never raised."""
@@ -328,8 +345,7 @@ def report(
     Shared by `ClientCache` and the mellea instrumentation's ``ClientCache`` wrappers:
     the span gets the size after the operation, the result, whether it evicted and the
     type of an exception it raised; `event` is logged at `level`, and an eviction
-    (or a stale entry found) also as ``cache.evicted``. The log events carry the ids of
-    the span.
+    also as ``cache.evicted``. The log events carry the ids of the span.
     """
     if span is not None:
         try:
@@ -372,21 +388,33 @@ def _finish(
     *,
     result: str | None,
     evicted: bool | None,
+    stale: int = 0,
 ) -> None:
-    """End the span (an eviction, or a stale entry found, is an event on it) and log the
-    operation: `event` at `level`, an eviction also as ``cache.evicted``, each with the
-    span's ids (the span is never made current, so the logger would not find it)."""
+    """End the span (each eviction, LRU or `stale`, is an event on it) and log the
+    operation: `stale` evictions as ``cache.evicted`` with reason ``stale``, `event` at
+    `level`, an LRU eviction as ``cache.evicted``; each with the span's ids (the span is
+    never made current, so the logger would not find it)."""
+    evictions = stale + bool(evicted)
     if span is not None:
-        if evicted or result == n.RESULT_STALE:
-            try:
+        try:
+            for _ in range(evictions):
                 span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: cache_name})
-            except Exception as exc:
-                report_failure("span event", exc)
+        except Exception as exc:
+            report_failure("span event", exc)
         end_span(span)
     logged = events.enabled(level)
-    if not (logged or evicted):
+    if not (logged or evictions):
         return
     ids = {} if span is None else events.span_ids(span)
+    for _ in range(stale):
+        events.emit(
+            events.INFO,
+            n.LOG_CACHE_EVICTED,
+            cache=cache_name,
+            reason=n.RESULT_STALE,
+            size=size,
+            **ids,
+        )
     if logged:
         fields: dict[str, Any] = {"cache": cache_name, "size": size, "capacity": capacity}
         if result == n.RESULT_STALE:
