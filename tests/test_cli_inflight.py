@@ -208,6 +208,20 @@ class TestOnce:
         assert "--url must be an http URL" in result.stderr
 
 
+    @pytest.mark.parametrize(
+        "url", ["http://[::1/", "http://127.0.0.1:99999/", "http://127.0.0.1:abc/", "http://:0/"]
+    )
+    def test_malformed_url(self, url: str) -> None:
+        """A URL that does not parse, or whose port is not 1..65535, is a usage error naming
+        --url (exit 2), not a connection attempt."""
+        result = cli("inflight", "--url", url)
+        assert result.returncode == 2
+        assert result.stderr.startswith("thunkscope inflight: --url ")
+        assert repr(url) in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+        assert result.stdout == ""
+
+
 class TestWatch:
     def test_redraws_until_interrupted(self, target_url: str) -> None:
         """--watch redraws the table every --interval seconds and exits 0 on Ctrl-C."""

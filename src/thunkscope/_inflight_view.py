@@ -37,9 +37,15 @@ _READ_ERRORS: Final = (OSError, ValueError, http.client.HTTPException)
 
 def inflight_url(url: str) -> str:
     """The endpoint to fetch: `url` itself if it names ``inflight``, else ``url + inflight``."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port  # a ValueError when it is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ValueError(f"--url {url!r} is not a valid URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"--url must be an http URL like http://127.0.0.1:8765/, got {url!r}")
+    if port == 0:
+        raise ValueError(f"--url {url!r} is not a valid URL: its port must be 1 to 65535")
     if parsed.path.rstrip("/").endswith("/inflight"):
         return url
     return urllib.parse.urljoin(url if url.endswith("/") else url + "/", "inflight")
