@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -79,6 +80,28 @@ class TestLRU:
         cache.put(1, "client-1b")
         cache.put(2, "client-2")
         assert closed == ["client-1b"]
+
+    def test_async_on_evict_outside_a_loop_leaves_the_current_loop_alone(self) -> None:
+        """An async on_evict run to completion by a sync put keeps the thread's current loop."""
+        closed: list[str] = []
+
+        async def close(client: str) -> None:
+            await asyncio.sleep(0)
+            closed.append(client)
+
+        policy = asyncio.get_event_loop_policy()
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            cache: ClientCache[int, str] = ClientCache(1, on_evict=close)
+            cache.put(1, "client-1")
+            cache.put(2, "client-2")  # no loop running: the hook runs to completion here
+            assert closed == ["client-1"]
+            assert policy.get_event_loop() is loop
+            assert not loop.is_closed()
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 class TestCapacityValidation:

@@ -463,7 +463,10 @@ def _run_soon(awaitable: Any, cache_name: str) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(guarded())
+        # A private loop, cleaned up as asyncio.run() does, but never made the thread's
+        # current loop: asyncio.run() would end by unsetting a loop the application set.
+        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+            runner.run(guarded())
         return
     task = loop.create_task(guarded())
     _pending_hooks.add(task)
