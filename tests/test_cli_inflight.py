@@ -207,7 +207,6 @@ class TestOnce:
         assert result.returncode == 2
         assert "--url must be an http URL" in result.stderr
 
-
     @pytest.mark.parametrize(
         "url", ["http://[::1/", "http://127.0.0.1:99999/", "http://127.0.0.1:abc/", "http://:0/"]
     )
