@@ -196,11 +196,13 @@ def configure(
     """Set up OTLP exporters for traces, metrics and logs, and thunkscope's settings.
 
     Honours the standard variables: OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
-    OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL and OTEL_SDK_DISABLED;
-    arguments win over them. A global provider the application already set is kept
-    (with a warning), never replaced. `log_format` configures structlog (JSON or
-    console rendering on stderr, events also shipped as OTLP logs) unless the
-    application configured structlog itself; None leaves structlog alone.
+    OTEL_EXPORTER_OTLP_ENDPOINT (and the per-signal OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    ..._METRICS_ENDPOINT, ..._LOGS_ENDPOINT, which take precedence over it),
+    OTEL_EXPORTER_OTLP_PROTOCOL and OTEL_SDK_DISABLED; arguments win over them. A
+    global provider the application already set is kept (with a warning), never
+    replaced. `log_format` configures structlog (JSON or console rendering on stderr,
+    events also shipped as OTLP logs) unless the application configured structlog
+    itself; None leaves structlog alone.
     `metric_readers` and `span_processors` add sinks beside the OTLP exporters.
 
     Content stays out of telemetry unless `capture_content` is true (default: the

@@ -116,15 +116,21 @@ class ExportHealth:
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
+        """Where the exporters send, as the warnings name it when a signal's own is unknown."""
+        self._endpoints: dict[str, str] = {}
         self.failing = False
         self.failures = 0
         self._last_warning = -math.inf
         self._lock = threading.Lock()
         self._exporters: list[Any] = []
 
-    def watch(self, exporter: T) -> T:
-        """Remember an inner exporter, so `stop_retries` can end its backoff; return it."""
+    def watch(self, exporter: T, signal: str) -> T:
+        """Remember an inner exporter, so `stop_retries` can end its backoff, and the
+        endpoint it resolved for `signal`, for the warnings; return it."""
         self._exporters.append(exporter)
+        endpoint = getattr(exporter, "_endpoint", None)
+        if isinstance(endpoint, str) and endpoint:
+            self._endpoints[signal] = endpoint
         return exporter
 
     def stop_retries(self) -> None:
@@ -167,6 +173,7 @@ class ExportHealth:
         return False
 
     def _failed(self, signal: str, cause: str) -> None:
+        endpoint = self._endpoints.get(signal, self.endpoint)
         with self._lock:
             self.failures += 1
             first = not self.failing
@@ -181,16 +188,14 @@ class ExportHealth:
                 "collector fails, the application is unaffected. Further export failures "
                 "are logged at DEBUG until an export succeeds.",
                 signal,
-                self.endpoint,
+                endpoint,
                 cause,
                 extra={"thunkscope_export_failure": signal},
             )
         elif first:
-            _log.info(
-                "thunkscope: exporting %s to %s failed again (%s)", signal, self.endpoint, cause
-            )
+            _log.info("thunkscope: exporting %s to %s failed again (%s)", signal, endpoint, cause)
         else:
-            _log.debug("thunkscope: exporting %s to %s failed (%s)", signal, self.endpoint, cause)
+            _log.debug("thunkscope: exporting %s to %s failed (%s)", signal, endpoint, cause)
 
     def _succeeded(self) -> None:
         if not self.failing:
@@ -234,7 +239,7 @@ class _GuardedSpanExporter(SpanExporter):
     """An OTLP span exporter that never raises and reports failures through `ExportHealth`."""
 
     def __init__(self, inner: SpanExporter, health: ExportHealth) -> None:
-        self._inner = health.watch(inner)
+        self._inner = health.watch(inner, "traces")
         self._health = health
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -258,7 +263,7 @@ class _GuardedMetricExporter(MetricExporter):
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
-        self._inner = health.watch(inner)
+        self._inner = health.watch(inner, "metrics")
         self._health = health
 
     def export(
@@ -286,7 +291,7 @@ class _GuardedLogExporter(LogRecordExporter):
     """An OTLP log exporter that never raises and reports failures through `ExportHealth`."""
 
     def __init__(self, inner: LogRecordExporter, health: ExportHealth) -> None:
-        self._inner = health.watch(inner)
+        self._inner = health.watch(inner, "logs")
         self._health = health
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
@@ -308,14 +313,20 @@ class _GuardedLogExporter(LogRecordExporter):
 
 
 class Exporters:
-    """OTLP exporters of one protocol, all pointing at one collector, all guarded."""
+    """OTLP exporters of one protocol, all guarded.
+
+    An explicit `endpoint` is the collector of every signal (over HTTP, the base of
+    each signal's ``/v1/<signal>`` URL). Without one, the OTLP exporters resolve the
+    environment themselves, so ``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`` takes precedence
+    over ``OTEL_EXPORTER_OTLP_ENDPOINT`` as the OTel specification says.
+    """
 
     def __init__(self, protocol: Protocol, endpoint: str | None, headers: dict[str, str]) -> None:
         self.protocol = protocol
-        base = endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        self.base = base.rstrip("/") if base else None
+        self.base = endpoint.rstrip("/") if endpoint else None
         self.headers = headers or None
-        self.health = ExportHealth(self.base or "the default OTLP endpoint")
+        described = self.base or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        self.health = ExportHealth(described or "the default OTLP endpoint")
 
     def spans(self) -> SpanExporter:
         return _GuardedSpanExporter(self._otlp("traces"), self.health)
