@@ -16,7 +16,6 @@ from thunkscope import _config, _demo
 from thunkscope._telemetry import use_providers
 
 Command = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, Command] = {}
 
 
 def _positive(value: str) -> float:
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--service-name", default="thunkscope-demo")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _COMMANDS["demo"] = run_demo
+    demo.set_defaults(run=run_demo)
 
     inflight = commands.add_parser(
         "inflight",
@@ -72,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between redraws with --watch (default 1)",
     )
-    _COMMANDS["inflight"] = run_inflight
+    inflight.set_defaults(run=run_inflight)
 
     return parser
 
@@ -131,7 +130,8 @@ def run_inflight(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``thunkscope`` console script."""
     args = build_parser().parse_args(argv)
-    return _COMMANDS[args.command](args)
+    run: Command = args.run
+    return run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
