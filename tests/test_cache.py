@@ -19,6 +19,7 @@ from thunkscope import ClientCache
 from thunkscope import _cache as core_cache
 from thunkscope import _events as events
 from thunkscope import _names as n
+from thunkscope._telemetry import telemetry as telemetry_state
 
 
 class TestLRU:
@@ -230,6 +231,43 @@ class TestLogsCarryTheirSpan:
             (n.LOG_CACHE_PUT, *ids_of(ended)),
             (n.LOG_CACHE_EVICTED, *ids_of(ended)),
         ]
+
+
+class Counted:
+    """A function wrapped to count its calls."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.function(*args)
+
+
+class TestHitDecidesOnce:
+    @pytest.mark.parametrize("span_mode", ["all", "in_trace"])
+    def test_one_hit_asks_each_question_once(
+        self,
+        span_mode: str,
+        telemetry: Telemetry,
+        log_events: list[dict[str, Any]],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A hit that is traced or logged asks "span wanted?" and "logging?" once each."""
+        monkeypatch.setattr(telemetry_state.settings, "span_mode", span_mode)
+        cache: ClientCache[str, int] = ClientCache(2, name="decides-once")
+        cache.put("a", 1)
+        span_wanted = Counted(telemetry_state.cheap_span_wanted)
+        structlog_configured = Counted(events._structlog_configured)
+        monkeypatch.setattr(telemetry_state, "cheap_span_wanted", span_wanted)
+        monkeypatch.setattr(events, "_structlog_configured", structlog_configured)
+        log_events.clear()
+        assert cache.get("a") == 1
+        assert (span_wanted.calls, structlog_configured.calls) == (1, 1)
+        assert [e["event"] for e in log_events] == [n.LOG_CACHE_HIT]
+        expected_spans = 2 if span_mode == "all" else 0  # the put's and the hit's
+        assert len(telemetry.spans()) == expected_spans
 
 
 class ReferenceLRU:

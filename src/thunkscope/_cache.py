@@ -138,8 +138,10 @@ class ClientCache(Generic[K, V]):
         except KeyError:  # the logging module emptied its level cache: ask it below
             pass
         self._stats.hits += 1
-        if telemetry.cheap_span_wanted() or events.enabled(events.DEBUG):
-            self._report(n.SPAN_CACHE_GET, events.DEBUG, n.LOG_CACHE_HIT, n.RESULT_HIT)
+        span_wanted = telemetry.cheap_span_wanted()
+        log = events.emitter(events.DEBUG)
+        if span_wanted or log is not None:
+            self._report(n.SPAN_CACHE_GET, n.LOG_CACHE_HIT, n.RESULT_HIT, span_wanted, log)
         return value
 
     def put(self, key: K, value: V) -> None:
@@ -167,9 +169,10 @@ class ClientCache(Generic[K, V]):
             self._stats.evictions += evictions
         self._report(
             n.SPAN_CACHE_PUT,
-            events.DEBUG,
             n.LOG_CACHE_PUT,
             None,
+            telemetry.cheap_span_wanted(),
+            events.emitter(events.DEBUG),
             evicted=evicted is not None,
             stale=len(stale),
         )
@@ -220,9 +223,17 @@ class ClientCache(Generic[K, V]):
         if stale:
             stats.evictions += len(stale)
         if result == n.RESULT_HIT:
-            self._report(n.SPAN_CACHE_GET, events.DEBUG, n.LOG_CACHE_HIT, result, stale=len(stale))
+            level, event = events.DEBUG, n.LOG_CACHE_HIT
         else:
-            self._report(n.SPAN_CACHE_GET, events.INFO, n.LOG_CACHE_MISS, result, stale=len(stale))
+            level, event = events.INFO, n.LOG_CACHE_MISS
+        self._report(
+            n.SPAN_CACHE_GET,
+            event,
+            result,
+            telemetry.cheap_span_wanted(),
+            events.emitter(level),
+            stale=len(stale),
+        )
         self._hand_over_stale(stale)
         return value
 
@@ -278,14 +289,16 @@ class ClientCache(Generic[K, V]):
     def _report(
         self,
         span_name: str,
-        level: int,
         event: str,
         result: str | None,
+        span_wanted: bool,
+        log: events.Emitter | None,
         *,
         evicted: bool | None = None,
         stale: int = 0,
     ) -> None:
-        """Emit the span of an operation just done (if one is wanted) and log the operation.
+        """Emit the span of an operation just done (if `span_wanted`) and log `event` with
+        `log` (if anyone listens): the caller asked both questions, once.
 
         `evicted`: whether a put evicted the least recently used entry; `stale`: how many
         entries behind dead loops the call evicted. A put's span says ``evicted`` if it
@@ -293,7 +306,7 @@ class ClientCache(Generic[K, V]):
         """
         size = len(self.cache)
         span = None
-        if telemetry.cheap_span_wanted():
+        if span_wanted:
             any_evicted = evicted if evicted is None else evicted or stale > 0
             attributes = {n.CACHE_NAME: self.name, **_outcome(size, result, any_evicted)}
             span = _start_span(span_name, attributes)
@@ -302,8 +315,8 @@ class ClientCache(Generic[K, V]):
             self.name,
             size,
             self.capacity,
-            level,
             event,
+            log,
             result=result,
             evicted=evicted,
             stale=stale,
@@ -357,7 +370,8 @@ def report(
             span.set_attributes(attributes)
         except Exception as exc:
             report_failure("span attributes", exc)
-    _finish(span, cache_name, size, capacity, level, event, result=result, evicted=evicted)
+    log = events.emitter(level)
+    _finish(span, cache_name, size, capacity, event, log, result=result, evicted=evicted)
 
 
 def _outcome(size: int, result: str | None, evicted: bool | None) -> dict[str, Any]:
@@ -383,16 +397,16 @@ def _finish(
     cache_name: str,
     size: int,
     capacity: int,
-    level: int,
     event: str,
+    log: events.Emitter | None,
     *,
     result: str | None,
     evicted: bool | None,
     stale: int = 0,
 ) -> None:
     """End the span (each eviction, LRU or `stale`, is an event on it) and log the
-    operation: `stale` evictions as ``cache.evicted`` with reason ``stale``, `event` at
-    `level`, an LRU eviction as ``cache.evicted``; each with the span's ids (the span is
+    operation: `stale` evictions as ``cache.evicted`` with reason ``stale``, `event` with
+    `log`, an LRU eviction as ``cache.evicted``; each with the span's ids (the span is
     never made current, so the logger would not find it)."""
     evictions = stale + bool(evicted)
     if span is not None:
@@ -402,26 +416,22 @@ def _finish(
         except Exception as exc:
             report_failure("span event", exc)
         end_span(span)
-    logged = events.enabled(level)
-    if not (logged or evictions):
+    log_eviction = events.emitter(events.INFO) if evictions else None
+    if log is None and log_eviction is None:
         return
     ids = {} if span is None else events.span_ids(span)
-    for _ in range(stale):
-        events.emit(
-            events.INFO,
-            n.LOG_CACHE_EVICTED,
-            cache=cache_name,
-            reason=n.RESULT_STALE,
-            size=size,
-            **ids,
-        )
-    if logged:
+    if log_eviction is not None:
+        for _ in range(stale):
+            log_eviction(
+                n.LOG_CACHE_EVICTED, cache=cache_name, reason=n.RESULT_STALE, size=size, **ids
+            )
+    if log is not None:
         fields: dict[str, Any] = {"cache": cache_name, "size": size, "capacity": capacity}
         if result == n.RESULT_STALE:
             fields["result"] = result
-        events.emit(level, event, **fields, **ids)
-    if evicted:
-        events.emit(events.INFO, n.LOG_CACHE_EVICTED, cache=cache_name, size=size, **ids)
+        log(event, **fields, **ids)
+    if evicted and log_eviction is not None:
+        log_eviction(n.LOG_CACHE_EVICTED, cache=cache_name, size=size, **ids)
 
 
 class _Missing:

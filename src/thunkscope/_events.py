@@ -11,8 +11,10 @@ emitter itself so they are there whatever processors the application configured.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
@@ -71,15 +73,27 @@ def _configured_only_by_otel_auto_instrumentation() -> bool:
     )
 
 
-def enabled(level: int) -> bool:
-    """Whether an event at `level` could be seen by anyone; cheap enough for cache hits."""
+Emitter = Callable[..., None]
+"""Logs one event at the level it was chosen for: ``log(event, **fields)``."""
+
+
+def emitter(level: int) -> Emitter | None:
+    """What logs an event at `level` now, or None when no one would see it.
+
+    For an operation that logs one or more events at one level: ask once, then call it.
+    """
     if _structlog_configured():
-        return True
+        return _TO_STRUCTLOG[level]
     if _level_cache is not None:
         cached = _level_cache.get(level)
         if cached is not None:
-            return cached
-    return _stdlib.isEnabledFor(level)
+            return _TO_STDLIB[level] if cached else None
+    return _TO_STDLIB[level] if _stdlib.isEnabledFor(level) else None
+
+
+def enabled(level: int) -> bool:
+    """Whether an event at `level` could be seen by anyone; cheap enough for cache hits."""
+    return emitter(level) is not None
 
 
 def span_ids(span: Span) -> dict[str, str]:
@@ -100,22 +114,49 @@ def trace_context() -> dict[str, str]:
 
 def emit(level: int, event: str, /, **fields: Any) -> None:
     """Log one thunkscope event; a failing handler or processor never reaches the caller."""
+    log = emitter(level)
+    if log is not None:
+        log(event, **fields)
+
+
+def _to_structlog(level: int, event: str, /, **fields: Any) -> None:
     try:
-        if _structlog_configured():
-            if "trace_id" not in fields:
-                fields.update(trace_context())
-            getattr(_structlog, _METHOD[level])(event, **fields)
-        elif _stdlib.isEnabledFor(level):
-            if "trace_id" not in fields:
-                fields.update(trace_context())
-            rendered = " ".join(f"{key}={value!r}" for key, value in fields.items())
-            _stdlib.log(
-                level,
-                "%s %s",
-                event,
-                rendered,
-                extra={"thunkscope_event": event, "thunkscope_fields": fields},
-            )
+        if "trace_id" not in fields:
+            fields.update(trace_context())
+        getattr(_structlog, _METHOD[level])(event, **fields)
     except Exception as exc:
-        # A broken processor or handler breaks every event alike: one warning per type.
+        # A broken processor breaks every event alike: one warning per type.
         report_failure("logging", exc, detail=f"event {event}")
+
+
+def _to_stdlib(level: int, event: str, /, **fields: Any) -> None:
+    try:
+        if "trace_id" not in fields:
+            fields.update(trace_context())
+        rendered = " ".join(f"{key}={value!r}" for key, value in fields.items())
+        _stdlib.log(
+            level,
+            "%s %s",
+            event,
+            rendered,
+            extra={"thunkscope_event": event, "thunkscope_fields": fields},
+        )
+    except Exception as exc:
+        # A broken handler breaks every event alike: one warning per type.
+        report_failure("logging", exc, detail=f"event {event}")
+
+
+class _Emitters(dict[int, Emitter]):
+    """One emitter per level, made on first use."""
+
+    def __init__(self, function: Callable[..., None]) -> None:
+        super().__init__()
+        self._function = function
+
+    def __missing__(self, level: int) -> Emitter:
+        made = self[level] = functools.partial(self._function, level)
+        return made
+
+
+_TO_STRUCTLOG: Final = _Emitters(_to_structlog)
+_TO_STDLIB: Final = _Emitters(_to_stdlib)
