@@ -1,9 +1,11 @@
 """thunkscope's structured log events: through structlog when the application set it up.
 
 If the application configured structlog, events flow through its processors under
-the logger name ``thunkscope``. If it did not, they go to the standard library logger
-``thunkscope`` (silent below WARNING unless the application says otherwise), so that
-structlog's print-everything default never puts thunkscope's debug noise on stdout.
+the logger name ``thunkscope``; an event at a level its wrapper class filters out is not
+even built (no fields, no trace context), so a cache hit stays cheap. If it did not,
+they go to the standard library logger ``thunkscope`` (silent below WARNING unless the
+application says otherwise), so that structlog's print-everything default never puts
+thunkscope's debug noise on stdout.
 
 Every event carries ``trace_id`` and ``span_id`` of the active span, put in by the
 emitter itself so they are there whatever processors the application configured.
@@ -73,6 +75,47 @@ def _configured_only_by_otel_auto_instrumentation() -> bool:
     )
 
 
+# (wrapper class, logger factory) of structlog's configuration -> its level check, if any
+_level_check: tuple[object, object, Callable[[int], object] | None] = (None, None, None)
+
+
+def _structlog_enabled(level: int) -> bool:
+    """Whether the application's structlog lets `level` through (True when it cannot say).
+
+    Asks the configured wrapper class's ``is_enabled_for`` (structlog's filtering bound
+    loggers and ``structlog.stdlib.BoundLogger`` have one), through a logger bound once
+    per wrapper class and logger factory, so a filtered-out level costs one call.
+    """
+    global _level_check
+    config = _structlog_config
+    if config is None:  # pragma: no cover - structlog moved its internals
+        return True
+    wrapper_class, factory = config.default_wrapper_class, config.logger_factory
+    known_class, known_factory, check = _level_check
+    if wrapper_class is not known_class or factory is not known_factory:
+        check = _level_check_of(wrapper_class)
+        _level_check = (wrapper_class, factory, check)
+    if check is None:
+        return True
+    try:
+        return bool(check(level))
+    except Exception:
+        return True
+
+
+def _level_check_of(wrapper_class: object) -> Callable[[int], object] | None:
+    """``is_enabled_for`` of a logger bound as thunkscope's events are, if its class defines
+    one that works (asking the instance could reach a generic ``__getattr__`` that logs)."""
+    if not callable(getattr(wrapper_class, "is_enabled_for", None)):
+        return None
+    try:
+        check: Callable[[int], object] = _structlog.bind().is_enabled_for
+        check(DEBUG)  # e.g. the stdlib BoundLogger over a logger factory without levels
+    except Exception:
+        return None
+    return check
+
+
 Emitter = Callable[..., None]
 """Logs one event at the level it was chosen for: ``log(event, **fields)``."""
 
@@ -83,7 +126,7 @@ def emitter(level: int) -> Emitter | None:
     For an operation that logs one or more events at one level: ask once, then call it.
     """
     if _structlog_configured():
-        return _TO_STRUCTLOG[level]
+        return _TO_STRUCTLOG[level] if _structlog_enabled(level) else None
     if _level_cache is not None:
         cached = _level_cache.get(level)
         if cached is not None:
