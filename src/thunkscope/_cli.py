@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import Final, NoReturn
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
@@ -18,11 +20,36 @@ from thunkscope._telemetry import use_providers
 Command = Callable[[argparse.Namespace], int]
 
 
-def _positive(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+def seconds(value: str) -> float:
+    """An argparse type: a finite positive number of seconds."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite positive number of seconds, got {value!r}"
+        )
     return number
+
+
+def tcp_port(value: str) -> int:
+    """An argparse type: a TCP port to listen on, 1 to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 1 to 65535, got {value!r}")
+    return port
+
+
+# configure()'s ValueErrors begin with its argument's name: the demo option that set it.
+_CONFIGURE_OPTIONS: Final = {
+    "endpoint": "--otlp-endpoint",
+    "protocol": "--protocol",
+    "service_name": "--service-name",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run a simulated LLM backend workload through the helpers"
     )
-    demo.add_argument("--duration", type=_positive, default=5.0, help="seconds (default 5)")
+    demo.add_argument("--duration", type=seconds, default=5.0, help="seconds (default 5)")
     demo.add_argument(
         "--otlp-endpoint",
         help="export traces, metrics and logs to this OTLP collector (e.g. http://localhost:4318)",
@@ -46,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--prometheus-port",
-        type=int,
+        type=tcp_port,
         help="also serve the metrics for a Prometheus scrape at 127.0.0.1:PORT/metrics",
     )
     demo.add_argument("--service-name", default="thunkscope-demo")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.set_defaults(run=run_demo)
+    demo.set_defaults(run=run_demo, parser=demo)
 
     inflight = commands.add_parser(
         "inflight",
@@ -67,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inflight.add_argument(
         "--interval",
-        type=_positive,
+        type=seconds,
         default=1.0,
         help="seconds between redraws with --watch (default 1)",
     )
@@ -81,18 +108,28 @@ def run_demo(args: argparse.Namespace) -> int:
     summary_reader = InMemoryMetricReader()
     readers: list[MetricReader] = [summary_reader]
     if args.prometheus_port is not None:
-        readers.append(_demo.prometheus_reader(args.prometheus_port))
+        try:
+            readers.append(_demo.prometheus_reader(args.prometheus_port))
+        except OSError as exc:
+            _usage_error(
+                args,
+                f"argument --prometheus-port: cannot serve metrics on "
+                f"127.0.0.1:{args.prometheus_port}: {exc.strerror or exc}",
+            )
     handle: _config.TelemetryHandle | None = None
     if args.otlp_endpoint:
-        handle = _config.configure(
-            service_name=args.service_name,
-            endpoint=args.otlp_endpoint,
-            protocol=args.protocol,
-            log_format="console",
-            log_level="warning",
-            metric_export_interval_s=5.0,
-            metric_readers=readers,
-        )
+        try:
+            handle = _config.configure(
+                service_name=args.service_name,
+                endpoint=args.otlp_endpoint,
+                protocol=args.protocol,
+                log_format="console",
+                log_level="warning",
+                metric_export_interval_s=5.0,
+                metric_readers=readers,
+            )
+        except ValueError as exc:
+            _usage_error(args, _configure_error(args, exc))
     else:
         resource = Resource.create({SERVICE_NAME: args.service_name})
         use_providers(
@@ -114,6 +151,23 @@ def run_demo(args: argparse.Namespace) -> int:
         if args.otlp_endpoint:
             print(f"\ntelemetry exported to {args.otlp_endpoint}")
     return 0
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    """Exit 2 with the subcommand's usage and `message`, as argparse does for a bad argument."""
+    parser: argparse.ArgumentParser = args.parser
+    parser.error(message)
+
+
+def _configure_error(args: argparse.Namespace, exc: ValueError) -> str:
+    """configure()'s ValueError as an argparse error naming the demo option it came from."""
+    argument, _, rest = str(exc).partition(" ")
+    option = _CONFIGURE_OPTIONS.get(argument)
+    if option is None:
+        return f"argument --otlp-endpoint: {exc}"
+    if option == "--protocol" and args.protocol is None:
+        rest += " (from OTEL_EXPORTER_OTLP_PROTOCOL)"
+    return f"argument {option}: {rest}"
 
 
 def run_inflight(args: argparse.Namespace) -> int:
