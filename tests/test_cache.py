@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -169,6 +171,37 @@ class TestThreads:
             thread.join()
         assert cache.current_size() == 1600
         assert all(cache.get(t * 1000 + i) == i for t in range(8) for i in range(200))
+
+    def test_gauges_collect_while_another_thread_makes_caches(
+        self, telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Collecting the entry gauges while caches of that name come and go never fails."""
+        caplog.set_level(logging.WARNING)
+        name = "gauge-churn"
+        keep: list[ClientCache[int, int]] = [ClientCache(1, name=name) for _ in range(1000)]
+        stop = threading.Event()
+
+        def churn() -> None:
+            while not stop.is_set():
+                keep.append(ClientCache(1, name=name))
+                if len(keep) > 2000:
+                    del keep[:1000]
+
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)  # hand the GIL over often, mid-iteration included
+        thread = threading.Thread(target=churn)
+        thread.start()
+        try:
+            for _ in range(100):
+                limits = telemetry.by_attributes("thunkscope.cache.entry.limit")
+                # how many is a race with the other thread; that the callback answered is not
+                assert frozenset({(n.CACHE_NAME, name)}) in limits
+        finally:
+            stop.set()
+            thread.join()
+            sys.setswitchinterval(switch)
+        failed = [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")]
+        assert failed == []
 
 
 def ids_of(span: ReadableSpan) -> tuple[str, str]:

@@ -249,6 +249,14 @@ class CacheStats:
     caches: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
 
+def live_caches(stats: CacheStats) -> list[Any]:
+    """The caches of `stats` still alive, read off a copy of the set's weak references
+    taken in one step: iterating the WeakSet itself fails ("Set changed size during
+    iteration") when another thread makes a cache of that name meanwhile."""
+    refs: set[weakref.ref[Any]] = stats.caches.data  # type: ignore[attr-defined]
+    return [cache for ref in refs.copy() if (cache := ref()) is not None]
+
+
 @dataclass(slots=True)
 class LoopStats:
     """Cumulative get_current_event_loop counts, by whether a loop was running."""
@@ -414,12 +422,12 @@ class Instruments:
 
     def _observe_cache_entries(self, _: CallbackOptions) -> Iterator[Observation]:
         for name, stats in list(self._telemetry.cache_stats.items()):
-            total = sum(cache.current_size() for cache in list(stats.caches))
+            total = sum(cache.current_size() for cache in live_caches(stats))
             yield Observation(total, {n.CACHE_NAME: name})
 
     def _observe_cache_limits(self, _: CallbackOptions) -> Iterator[Observation]:
         for name, stats in list(self._telemetry.cache_stats.items()):
-            total = sum(cache.capacity for cache in list(stats.caches))
+            total = sum(cache.capacity for cache in live_caches(stats))
             yield Observation(total, {n.CACHE_NAME: name})
 
     def _observe_loop_lookups(self, _: CallbackOptions) -> Iterator[Observation]:
