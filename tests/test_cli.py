@@ -62,6 +62,12 @@ class TestDemoArguments:
             f"must be an http:// or https:// URL for protocol 'http/protobuf', got {endpoint!r}"
         )
 
+    def test_protocol_needs_an_endpoint(self) -> None:
+        """--protocol alone was silently ignored: it names what it needs."""
+        result = cli("demo", "--duration", "0.1", "--protocol", "grpc")
+        line = assert_usage_error(result, "--protocol")
+        assert line.endswith("needs --otlp-endpoint: it is the protocol of that export")
+
 
 class TestInflightArguments:
     @pytest.mark.parametrize("value", ["nan", "inf", "0", "-2", "often"])

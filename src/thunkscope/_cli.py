@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo workload and print what the telemetry recorded."""
+    if args.protocol is not None and not args.otlp_endpoint:
+        _usage_error(
+            args, "argument --protocol: needs --otlp-endpoint: it is the protocol of that export"
+        )
     summary_reader = InMemoryMetricReader()
     readers: list[MetricReader] = [summary_reader]
     if args.prometheus_port is not None:
