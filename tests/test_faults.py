@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
+import grpc
 import pytest
 import structlog
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics._internal.aggregation import Aggregation
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
 from support.faulty import MODES, FaultyCollector, Mode, run_python
@@ -31,10 +34,13 @@ from thunkscope import (
     send_to_queue,
     wait_for_all_mots,
 )
+from thunkscope._export import Exporters
 
 # A stream of 1,000 items must take no longer with telemetry on (and the collector failing)
 # than with it off, within this factor: a helper that waited on an export would take seconds.
 SLOWDOWN_FACTOR = 3.0
+# A bound on shutdown() with a failing collector. It cannot tell whether stop_retries()
+# works (shutdown gives up at 4 s anyway): TestStopRetries counts the attempts instead.
 SHUTDOWN_LIMIT_S = 5.0
 
 FAULT_SCRIPT = r"""
@@ -323,3 +329,81 @@ class TestPipelineThrows:
         assert closed == ["a"]
         (warning,) = failure_warnings(stdlib_records)
         assert "ConnectionError" in warning.getMessage()
+
+
+def one_span() -> ReadableSpan:
+    span = TracerProvider().get_tracer("faults").start_span("one")
+    span.end()
+    return span  # type: ignore[return-value]
+
+
+def batch_of(signal: str) -> Any:
+    """Something the exporter of `signal` sends as one request."""
+    if signal == "spans":
+        return [one_span()]
+    if signal == "metrics":
+        return MetricsData(resource_metrics=[])
+    return []
+
+
+class _RefusingService(grpc.GenericRpcHandler):
+    """Answers every gRPC call UNAVAILABLE (retryable), counting the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def service(self, handler_call_details: Any) -> Any:
+        self.calls.append(handler_call_details.method)
+
+        def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "collector says no")
+            raise AssertionError("abort returns no answer")  # pragma: no cover
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+@contextmanager
+def refusing_grpc_collector() -> Iterator[tuple[str, _RefusingService]]:
+    service = _RefusingService()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((service,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", service
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize("signal", ["spans", "metrics", "logs"])
+class TestStopRetries:
+    """stop_retries() ends the real OTLP exporters' retries: one attempt per export, counted
+    at the collector (no timing). Without it each export below retries for up to 3 s."""
+
+    def test_http_exporter_makes_one_attempt(self, signal: str) -> None:
+        """After stop_retries, a retryable 503 is not retried; later exports still try once."""
+        with FaultyCollector("503") as collector:
+            exporters = Exporters("http/protobuf", collector.endpoint, {})
+            exporter = getattr(exporters, signal)()
+            try:
+                exporters.health.stop_retries()
+                exporter.export(batch_of(signal))
+                assert len(collector.requests) == 1
+                exporter.export(batch_of(signal))  # not shut down: one more attempt
+                assert len(collector.requests) == 2
+            finally:
+                exporter.shutdown()
+
+    def test_grpc_exporter_makes_one_attempt(self, signal: str) -> None:
+        """After stop_retries, a retryable UNAVAILABLE is not retried; later exports try once."""
+        with refusing_grpc_collector() as (endpoint, service):
+            exporters = Exporters("grpc", endpoint, {})
+            exporter = getattr(exporters, signal)()
+            try:
+                exporters.health.stop_retries()
+                exporter.export(batch_of(signal))
+                assert len(service.calls) == 1
+                exporter.export(batch_of(signal))
+                assert len(service.calls) == 2
+            finally:
+                exporter.shutdown()
