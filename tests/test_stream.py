@@ -317,6 +317,47 @@ class TestChunkTimeout:
         assert first == "first"
         assert isinstance(error, TimeoutError)
 
+    @pytest.mark.parametrize("swallow", ["ends", "late_item", "raises"])
+    async def test_backend_swallowing_the_deadline_still_times_out(self, swallow: str) -> None:
+        """A backend that catches the deadline's cancel (and ends, sends an item anyway, or
+        raises an error of its own) still gets the timeout path: on_timeout, the TimeoutError,
+        the iterator closed, and the task's cancel count as it was."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        calls: list[int] = []
+
+        class Swallowing(StalledIterator):
+            async def __anext__(self) -> str:
+                self.given += 1
+                if self.given == 1:
+                    return "first"
+                if self.given > 2:
+                    raise StopAsyncIteration
+                try:
+                    await asyncio.sleep(HANG)
+                except asyncio.CancelledError:
+                    if swallow == "ends":
+                        raise StopAsyncIteration from None
+                    if swallow == "raises":
+                        raise Boom("connection torn down") from None
+                return "late"
+
+        iterator = Swallowing()
+
+        async def producer() -> int:
+            await send_to_queue(
+                iterator, queue, chunk_timeout=0.05, on_timeout=lambda: calls.append(1)
+            )
+            task = asyncio.current_task()
+            assert task is not None
+            return task.cancelling()
+
+        assert await asyncio.wait_for(producer(), 5 * HANG) == 0
+        first, error = drain(queue)
+        assert first == "first"
+        assert isinstance(error, TimeoutError)
+        assert calls == [1]
+        assert iterator.closed_with == "aclose"
+
     async def test_outer_cancellation_during_timeout_window_propagates(self) -> None:
         """A cancellation from outside is never mistaken for the deadline."""
         queue: asyncio.Queue[Any] = asyncio.Queue()

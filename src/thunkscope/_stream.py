@@ -195,7 +195,12 @@ async def send_to_queue(
 async def _pump(
     iterator: AsyncIterator[Any], aqueue: asyncio.Queue[Any], watch: StreamWatch
 ) -> None:
-    """The hot loop: one clock read, a comparison and two stores per item."""
+    """The hot loop: one clock read, a comparison and two stores per item.
+
+    A backend may catch the deadline's cancel and end, send an item after all, or raise
+    an error of its own: the deadline has expired all the same, so its CancelledError is
+    raised again for send_to_queue's timeout path (the late item is not put).
+    """
     put = aqueue.put
     # asyncio.Queue.put is "wait while full, then put_nowait": call put_nowait directly,
     # sparing a coroutine per item, and wait (as backpressure) only when it says full.
@@ -203,21 +208,29 @@ async def _pump(
     put_nowait = aqueue.put_nowait if _stock_put(aqueue) else None
     bounded = put_nowait is None and _is_bounded(aqueue)
     clock = time.monotonic
-    async for item in iterator:
-        now = clock()
-        if now - watch.last > watch.watermark:
-            watch.note_item(now)  # first item, a new longest gap, or the end of a stall
-        watch.last = now
-        watch.items += 1
-        if put_nowait is not None:
-            try:
-                put_nowait(item)
-            except asyncio.QueueFull:
+    try:
+        async for item in iterator:
+            now = clock()
+            if now - watch.last > watch.watermark:
+                if watch.expired:  # the expiry lowered the watermark: this item is too late
+                    break
+                watch.note_item(now)  # first item, a new longest gap, or the end of a stall
+            watch.last = now
+            watch.items += 1
+            if put_nowait is not None:
+                try:
+                    put_nowait(item)
+                except asyncio.QueueFull:
+                    await watch.blocked_put(put, item)
+            elif bounded and aqueue.full():
                 await watch.blocked_put(put, item)
-        elif bounded and aqueue.full():
-            await watch.blocked_put(put, item)
-        else:
-            await put(item)
+            else:
+                await put(item)
+    except Exception:
+        if not watch.expired:
+            raise
+    if watch.expired:
+        raise asyncio.CancelledError  # the deadline's, which the backend did not let through
 
 
 def _put_at_once(aqueue: Any, item: object) -> bool:

@@ -170,8 +170,11 @@ class StreamWatch:
                 return
             idle = now - self.last
             if self.timeout is not None and self.iterating and idle >= self.timeout:
-                self.expired = True
                 if self.task is not None:
+                    self.expired = True
+                    # An item the backend sends after all takes the stream loop's slow
+                    # path, which sees the expiry.
+                    self.watermark = -1.0
                     self.task.cancel()
                 return
             if (
