@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import threading
@@ -43,6 +44,20 @@ def server() -> Iterator[DebugServer]:
         yield handle
     finally:
         handle.close()
+
+
+def get_with_host(url: str, host: str) -> tuple[int, Any]:
+    """Status and JSON body of a GET of `url` whose Host header is `host`, as a browser
+    sends it for a page of that name (a DNS rebinding attack names the attacker's host)."""
+    base, _, path = url.removeprefix("http://").partition("/")
+    address, _, port = base.rpartition(":")
+    connection = http.client.HTTPConnection(address.strip("[]"), int(port), timeout=5)
+    try:
+        connection.request("GET", "/" + path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 def ipv6_loopback() -> bool:
@@ -165,6 +180,51 @@ class TestLoopbackOnly:
         with serve_debug(host="0.0.0.0", allow_non_loopback=True) as handle:
             port = handle.url.rsplit(":", 1)[1]
             assert get(f"http://127.0.0.1:{port}inflight")[0] == 200
+
+    @pytest.mark.parametrize(
+        "host",
+        [
+            "attacker.example",
+            "attacker.example:{port}",
+            "127.0.0.1.attacker.example:{port}",
+            "localhost.attacker.example",
+            "0.0.0.0:{port}",
+            "[::]:{port}",
+            "",
+        ],
+    )
+    def test_foreign_host_header_refused(self, server: DebugServer, host: str) -> None:
+        """A request naming another host (a web page after DNS rebinding) gets a 403 with
+        no snapshot in it, on every path."""
+        port = server.url.rsplit(":", 1)[1].rstrip("/")
+        for path in ("inflight", ""):
+            status, body = get_with_host(server.url + path, host.format(port=port))
+            assert (status, body) == (403, {"error": "forbidden Host header"}), path
+
+    @pytest.mark.parametrize(
+        "host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST", "localhost.", "[::1]:{port}"]
+    )
+    def test_loopback_host_header_served(self, server: DebugServer, host: str) -> None:
+        """Host headers that name the loopback interface are served."""
+        port = server.url.rsplit(":", 1)[1].rstrip("/")
+        assert get_with_host(server.url + "inflight", host.format(port=port)) == (200, [])
+
+    def test_no_host_header_served(self, server: DebugServer) -> None:
+        """An HTTP/1.0 request without Host (no browser sends one) is served."""
+        port = int(server.url.rsplit(":", 1)[1].rstrip("/"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /inflight HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0] == b"HTTP/1.0 200 OK"
+        assert json.loads(body) == []
+
+    def test_explicit_flag_allows_any_host_header(self) -> None:
+        """With allow_non_loopback=True the server answers whatever name it was reached by."""
+        with serve_debug(host="127.0.0.1", allow_non_loopback=True) as handle:
+            assert get_with_host(handle.url + "inflight", "debug.internal:8765") == (200, [])
 
     @pytest.mark.parametrize("port", [-1, 70000, True, "80"])
     def test_bad_port(self, port: Any) -> None:

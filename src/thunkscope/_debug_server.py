@@ -11,7 +11,9 @@ when every event loop of the process is busy or stuck::
 
 and ``thunkscope inflight --url http://127.0.0.1:8765/ --watch`` shows it as a live
 table. The snapshots carry stack traces and trace ids, so the server binds to
-loopback only, unless the caller passes ``allow_non_loopback=True``.
+loopback only, and answers 403 to a request whose Host header names anything but a
+loopback address or localhost (a web page that rebinds its DNS name to 127.0.0.1 cannot
+read it), unless the caller passes ``allow_non_loopback=True``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def serve_debug(
             "traces and trace ids, so serve_debug binds to 127.0.0.1, ::1 or localhost "
             "only. Pass allow_non_loopback=True to serve it on other interfaces."
         )
-    return DebugServer(host, port)
+    return DebugServer(host, port, any_host_header=allow_non_loopback)
 
 
 def _is_loopback(host: str) -> bool:
@@ -64,9 +66,20 @@ def _is_loopback(host: str) -> bool:
         return False  # another host name: what it resolves to may change, so no
 
 
+def _is_loopback_host_header(value: str) -> bool:
+    """Whether a Host header (``name``, ``name:port``, ``[v6]:port``) names loopback."""
+    name = value.strip()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    return bool(name) and _is_loopback(name)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    any_host_header = False
 
 
 class _Server6(_Server):
@@ -76,7 +89,13 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server_version = "thunkscope-debug"
 
+    server: _Server
+
     def do_GET(self) -> None:
+        host = self.headers.get("Host")  # absent: not a browser, so not DNS rebinding
+        if not (self.server.any_host_header or host is None or _is_loopback_host_header(host)):
+            self._send(HTTPStatus.FORBIDDEN, {"error": "forbidden Host header"})
+            return
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == f"/{INFLIGHT_PATH}":
             try:
@@ -108,10 +127,11 @@ class _Handler(BaseHTTPRequestHandler):
 class DebugServer:
     """A running `serve_debug` server: its base ``url`` and ``close()``."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, any_host_header: bool = False) -> None:
         bare = host.strip("[]")
         server_class = _Server6 if ":" in bare else _Server
         self._server = server_class((bare, port), _Handler)
+        self._server.any_host_header = any_host_header
         bound_port = self._server.server_address[1]
         shown = f"[{bare}]" if ":" in bare else bare
         self.url: str = f"http://{shown}:{bound_port}/"
