@@ -62,8 +62,11 @@ def put_in_fresh_loop(cache: ClientCache[int, Client]) -> int:
 
 
 class TestIdReuse:
-    def test_sequential_asyncio_runs_never_share_a_client(self) -> None:
-        """Across 60 asyncio.run() calls, every loop gets a client bound to itself."""
+    def test_sequential_asyncio_runs_never_share_a_client(self, telemetry: Telemetry) -> None:
+        """Across 60 asyncio.run() calls, every loop gets a client bound to itself.
+
+        With a meter provider set (the fixture), every hit would be counted.
+        """
         evicted: list[Client] = []
         cache: ClientCache[int, Client] = ClientCache(4, name=unique(), on_evict=evicted.append)
         ids: list[int] = []
@@ -89,8 +92,11 @@ class TestIdReuse:
         reused = sum(1 for i, key in enumerate(ids) if key in ids[max(0, i - cache.capacity) : i])
         assert cache._stats.stale >= reused
 
-    def test_entry_of_a_collected_loop_is_a_stale_miss(self) -> None:
-        """Looking up the id of a collected loop is a miss reported stale, and evicts it."""
+    def test_entry_of_a_collected_loop_is_a_stale_miss(self, telemetry: Telemetry) -> None:
+        """Looking up the id of a collected loop is a miss reported stale, and evicts it.
+
+        With a meter provider set (the fixture), a hit would be counted.
+        """
         evicted: list[Client] = []
         cache: ClientCache[int, Client] = ClientCache(4, name=unique(), on_evict=evicted.append)
         old_id = put_in_fresh_loop(cache)

@@ -32,6 +32,20 @@ class Metrics:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader])
 
+    def values(self, metric_name: str, result: str | None = None) -> dict[str, Any]:
+        """Cache name -> value of one cache metric (of one lookup result, if given)."""
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return {
+            point.attributes[n.CACHE_NAME]: point.value
+            for resource_metrics in data.resource_metrics
+            for scope_metrics in resource_metrics.scope_metrics
+            for metric in scope_metrics.metrics
+            if metric.name == metric_name
+            for point in metric.data.data_points
+            if result is None or point.attributes.get(n.CACHE_RESULT) == result
+        }
+
     def series(self, metric_name: str) -> list[dict[str, Any]]:
         """The attribute sets of every data point of one metric, as collected now."""
         data = self.reader.get_metrics_data()
@@ -140,6 +154,18 @@ class TestCacheNames:
         # the folded series still add up: every cache past the cap counts under `other`
         entries = {s[n.CACHE_NAME] for s in metrics.series("thunkscope.cache.entry.count")}
         assert NameCap.OTHER in entries
+        folded = DISTINCT_NAMES - DEFAULT_NAME_LIMIT  # one entry, one eviction, one hit...
+        for metric, result in (
+            ("thunkscope.cache.entry.count", None),
+            ("thunkscope.cache.entry.limit", None),
+            ("thunkscope.cache.evictions", None),
+            ("thunkscope.cache.lookups", n.RESULT_HIT),
+            ("thunkscope.cache.lookups", n.RESULT_MISS),
+        ):
+            values = metrics.values(metric, result)
+            assert values[NameCap.OTHER] == folded, metric
+            assert values["tenant-0"] == 1, metric
+            assert sum(values.values()) == DISTINCT_NAMES, metric
         (warning,) = cap_warnings(warnings_only, "cache")
         assert "'other'" in warning.getMessage()
 

@@ -97,12 +97,31 @@ class TestWithoutConfigure:
                 import logging, warnings
                 warnings.simplefilter("error")
                 run(rounds=3)
+                import structlog
                 from opentelemetry import trace
-                print(json.dumps({"tracer": repr(trace._TRACER_PROVIDER)}))
+                from opentelemetry._logs import _internal as logs_internal
+                from opentelemetry.metrics import _internal as metrics_internal
+                print(json.dumps({
+                    "tracer": repr(trace._TRACER_PROVIDER),
+                    "meter": repr(metrics_internal._METER_PROVIDER),
+                    "logger": repr(logs_internal._LOGGER_PROVIDER),
+                    "structlog_configured": structlog.is_configured(),
+                    "root_handlers": [repr(h) for h in logging.getLogger().handlers],
+                    "thunkscope_handlers": [
+                        repr(h) for h in logging.getLogger("thunkscope").handlers
+                    ],
+                    "thunkscope_level": logging.getLogger("thunkscope").level,
+                }))
                 """,
             )
         )
         assert result["tracer"] == "None"
+        assert result["meter"] == "None"
+        assert result["logger"] == "None"
+        assert result["structlog_configured"] is False
+        assert result["root_handlers"] == []
+        assert result["thunkscope_handlers"] == []
+        assert result["thunkscope_level"] == 0  # NOTSET: the application's to choose
         assert result["_stderr"] == ""
 
     def test_providers_set_after_import(self) -> None:

@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from opentelemetry.trace import StatusCode
 
 import thunkscope
+from conftest import Telemetry
 from thunkscope import DEFAULT_CHUNK_TIMEOUT, _watch, send_to_queue
+from thunkscope import _names as n
 
 HANG = 0.5  # stands in for a backend that never answers: 10x every timeout used here
 
@@ -168,8 +171,11 @@ class TestErrors:
             await task
         assert drain(queue) == []
 
-    async def test_base_exception_is_not_swallowed(self) -> None:
-        """A BaseException other than Exception propagates to the caller."""
+    async def test_base_exception_is_not_swallowed(
+        self, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """A BaseException other than Exception propagates to the caller, and the stream is
+        recorded as ending in that error, not as completed."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         class Fatal(BaseException):
@@ -182,6 +188,15 @@ class TestErrors:
         with pytest.raises(Fatal):
             await send_to_queue(backend(), queue)
         assert drain(queue) == ["a"]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert span.attributes is not None
+        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_ERROR
+        assert span.attributes[n.ERROR_TYPE] == Fatal.__qualname__
+        assert span.status.status_code == StatusCode.ERROR
+        (duration,) = telemetry.points(n.STREAM_DURATION.name)
+        assert duration.attributes[n.STREAM_OUTCOME] == n.OUTCOME_ERROR
+        (end,) = [e for e in log_events if e["event"] != n.LOG_STREAM_STARTED][-1:]
+        assert (end["log_level"], end["error_type"]) == ("warning", Fatal.__qualname__)
 
 
 class TestChunkTimeout:

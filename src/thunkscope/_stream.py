@@ -182,6 +182,9 @@ async def send_to_queue(
             raise
         if span.is_recording():
             span.add_event(n.EVENT_ERROR_FORWARDED, _error_attributes(exc))
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit, GeneratorExit: never kept
+        outcome, error = n.OUTCOME_ERROR, exc
+        raise
     finally:
         watch.disarm()
         unregister(watch)
