@@ -517,6 +517,26 @@ class TestLogEvents:
         ]
         assert log_events[2]["error_type"] == "KeyError"
 
+    async def test_cancelled_gather_warns(self, log_events: list[dict[str, Any]]) -> None:
+        """A cancelled gather logs gather.failed at warning, outcome cancelled, no error_type."""
+
+        class Hanging:
+            async def avalue(self) -> None:
+                await asyncio.sleep(HANG)
+
+        task = asyncio.create_task(wait_for_all_mots([Hanging(), Hanging()]))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (event,) = log_events
+        assert (event["event"], event["log_level"], event["outcome"]) == (
+            n.LOG_GATHER_FAILED,
+            "warning",
+            n.OUTCOME_CANCELLED,
+        )
+        assert "error_type" not in event
+
     async def test_unconfigured_structlog_goes_to_stdlib_logger(
         self, stdlib_records: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -124,13 +124,16 @@ def _finish(span: Span, size: int, error: BaseException | None, duration: float)
         instruments.gather_size.record(size)
     except Exception as exc:
         report_failure("gather metrics", exc)
-    if not events.enabled(events.INFO if error_type is None else events.WARNING):
-        return
-    fields: dict[str, Any] = {"size": size, "outcome": outcome, "duration_s": round(duration, 6)}
-    fields.update(events.span_ids(span))
-    if error_type is None:
-        events.emit(events.INFO, n.LOG_GATHER_COMPLETED, **fields)
+    # Completions log at info; failures and cancellations at warning.
+    if outcome == n.OUTCOME_COMPLETED:
+        level, event = events.INFO, n.LOG_GATHER_COMPLETED
     else:
-        if message is not None:
-            fields[n.LOG_ERROR_MESSAGE] = message
-        events.emit(events.WARNING, n.LOG_GATHER_FAILED, error_type=error_type, **fields)
+        level, event = events.WARNING, n.LOG_GATHER_FAILED
+    if not events.enabled(level):
+        return
+    fields: dict[str, Any] = {} if error_type is None else {"error_type": error_type}
+    fields.update(size=size, outcome=outcome, duration_s=round(duration, 6))
+    fields.update(events.span_ids(span))
+    if message is not None:
+        fields[n.LOG_ERROR_MESSAGE] = message
+    events.emit(level, event, **fields)
