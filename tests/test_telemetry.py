@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -622,3 +623,73 @@ class TestTelemetryThatThrows:
         places = {r.thunkscope_failure for r in failure_warnings(stdlib_records)}  # type: ignore[attr-defined]
         assert "stream start" in places
         assert all("broke" not in r.getMessage() for r in failure_warnings(stdlib_records))
+
+    @pytest.mark.parametrize("ending", ["sentinel", "error", "timeout"])
+    async def test_span_events_that_throw(
+        self, ending: str, stdlib_records: pytest.LogCaptureFixture
+    ) -> None:
+        """A span whose add_event throws changes nothing of the queue protocol: the stream
+        ends with its sentinel, its forwarded error or its TimeoutError, the span ends once."""
+        with throwing_span_events() as ended:
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def backend() -> AsyncIterator[str]:
+                yield "a"
+                if ending == "error":
+                    raise ConnectionResetError("reset")
+                if ending == "timeout":
+                    await asyncio.sleep(HANG)
+
+            await asyncio.wait_for(
+                send_to_queue(backend(), queue, chunk_timeout=0.05, stall_after=None), 5 * HANG
+            )
+            items = [queue.get_nowait() for _ in range(queue.qsize())]
+        expected = {"sentinel": None, "error": ConnectionResetError, "timeout": TimeoutError}
+        assert items[0] == "a"
+        assert len(items) == 2
+        if ending == "sentinel":
+            assert items[1] is None
+        else:
+            assert type(items[1]) is expected[ending]
+        assert ended == [1]
+        warnings = failure_warnings(stdlib_records)
+        places = {r.thunkscope_failure for r in warnings}  # type: ignore[attr-defined]
+        assert "span event" in places
+        assert all("RuntimeError" in r.getMessage() for r in warnings)
+
+
+class EventlessSpan(trace_api.NonRecordingSpan):
+    """A vendor span that says it records, but throws on add_event."""
+
+    def __init__(self, ended: list[int]) -> None:
+        super().__init__(trace_api.SpanContext(1, 2, False, trace_api.TraceFlags(1)))
+        self._ended = ended
+
+    def is_recording(self) -> bool:
+        return True
+
+    def add_event(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("span event broke")
+
+    def end(self, end_time: int | None = None) -> None:
+        self._ended.append(1)
+
+
+@contextmanager
+def throwing_span_events() -> Iterator[list[int]]:
+    """thunkscope's spans, for a while, are EventlessSpans; yields how many of them ended."""
+    ended: list[int] = []
+
+    class Tracer(trace_api.NoOpTracer):
+        def start_span(self, *args: Any, **kwargs: Any) -> trace_api.Span:
+            return EventlessSpan(ended)
+
+    class Provider(trace_api.NoOpTracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace_api.Tracer:
+            return Tracer()
+
+    _telemetry.use_providers(tracer_provider=Provider())
+    try:
+        yield ended
+    finally:
+        _telemetry.use_providers()

@@ -155,7 +155,7 @@ async def send_to_queue(
         if not _put_at_once(aqueue, None):
             await watch.put(aqueue, None)
         if span.is_recording():
-            span.add_event(n.EVENT_SENTINEL, {n.STREAM_ITEMS: watch.items})
+            _add_event(span, n.EVENT_SENTINEL, {n.STREAM_ITEMS: watch.items})
     except asyncio.CancelledError as exc:
         task = watch.task
         if not (watch.expired and task is not None and task.uncancel() <= cancelling):
@@ -181,7 +181,7 @@ async def send_to_queue(
             outcome, error = n.OUTCOME_CANCELLED, cancelled
             raise
         if span.is_recording():
-            span.add_event(n.EVENT_ERROR_FORWARDED, _error_attributes(exc))
+            _add_event(span, n.EVENT_ERROR_FORWARDED, _error_attributes(exc))
     except BaseException as exc:  # KeyboardInterrupt, SystemExit, GeneratorExit: never kept
         outcome, error = n.OUTCOME_ERROR, exc
         raise
@@ -293,7 +293,7 @@ async def _on_stream_timeout(
 ) -> None:
     """The deadline expired: tell the backend, then the consumer (the caller closes)."""
     if watch.span.is_recording():
-        watch.span.add_event(n.EVENT_TIMEOUT, {n.STREAM_CHUNK_TIMEOUT: watch.timeout or 0.0})
+        _add_event(watch.span, n.EVENT_TIMEOUT, {n.STREAM_CHUNK_TIMEOUT: watch.timeout or 0.0})
     if on_timeout is not None:
         await _call_quietly(on_timeout, watch, events.ERROR, n.LOG_STREAM_ON_TIMEOUT_FAILED)
     await watch.put(aqueue, error)
@@ -343,6 +343,14 @@ def _start_span(name: str, stream_id: str) -> Span:
     except Exception as exc:
         report_failure("span start", exc)
         return INVALID_SPAN
+
+
+def _add_event(span: Span, name: str, attributes: dict[str, Any]) -> None:
+    """Add an event to a recording span; a span that throws is reported, never raised."""
+    try:
+        span.add_event(name, attributes)
+    except Exception as exc:
+        report_failure("span event", exc)
 
 
 _LOG_BY_OUTCOME: Final = {
