@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
+from support.faulty import run_python
 from thunkscope import ClientCache
 from thunkscope import _events as events
 from thunkscope import _names as n
@@ -133,3 +134,36 @@ class TestFilteredEventsCostNothing:
         assert trace_context.calls == 0
         assert cache.get("b") is None  # a miss, at info, is logged
         assert [e["event"] for e in captured] == [n.LOG_CACHE_MISS]
+
+
+class TestStructlogStateIsOnlyRead:
+    def test_importing_thunkscope_writes_nothing_into_structlog(self) -> None:
+        """Importing thunkscope and using a cache leave structlog's configuration as it was."""
+        result = run_python(
+            """
+            import json, structlog
+            before = dict(vars(structlog._config._CONFIG))
+            import thunkscope
+            cache = thunkscope.ClientCache(2)
+            cache.put(1, "a")
+            assert cache.get(1) == "a"
+            after = dict(vars(structlog._config._CONFIG))
+            print(json.dumps({"before": repr(before), "after": repr(after),
+                              "configured": structlog.is_configured()}))
+            """
+        )
+        assert result["after"] == result["before"] == "{}"
+        assert result["configured"] is False
+
+    def test_hits_follow_structlog_being_configured_and_reset(self) -> None:
+        """A hit logs through structlog once the app configures it, and not after a reset."""
+        cache: ClientCache[str, int] = ClientCache(2, name="events-follow")
+        cache.put("a", 1)
+        capture = structlog.testing.LogCapture()
+        structlog.configure(processors=[capture], cache_logger_on_first_use=False)
+        try:
+            assert cache.get("a") == 1
+        finally:
+            structlog.reset_defaults()
+        assert cache.get("a") == 1  # structlog reset: the hit is not logged through it
+        assert [e["event"] for e in capture.entries] == [n.LOG_CACHE_HIT]

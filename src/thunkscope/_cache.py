@@ -44,17 +44,27 @@ V = TypeVar("V")
 DEFAULT_CACHE_NAME: Final = "client_cache"
 
 
-class _Configured:
-    is_configured = True  # unknown structlog internals: always take the full path
-
-
 # What the hit path reads to learn that nobody is tracing or logging at debug: module
-# attributes and one dict, no calls (see `_events` for why these and not the APIs).
-_structlog_config: Any = events._structlog_config or _Configured()
-# Value-preserving: put the flag on the instance (as structlog's reset_defaults() does)
-# so the hit path reads an instance attribute, ~10 ns faster than a class attribute.
-_structlog_config.is_configured = bool(_structlog_config.is_configured)
+# attributes and two dicts, no calls (see `_events` for why these and not the APIs).
 _levels: dict[int, bool] = events._level_cache if events._level_cache is not None else {}
+
+
+def _attributes_of(config: object) -> dict[str, Any]:
+    """The instance attributes of structlog's configuration object, read and never written.
+
+    structlog sets them in `configure()` and `reset_defaults()` only: until one is called
+    the dict is empty (every setting is the class default, ``is_configured`` False), so
+    the hit path learns "never configured" from the dict's truth value, as fast as an
+    instance attribute and without writing to another library's state. Unknown structlog
+    internals read as configured: the hit always takes the full path.
+    """
+    try:
+        return vars(config) if config is not None else {"is_configured": True}
+    except TypeError:  # pragma: no cover - no instance dict
+        return {"is_configured": True}
+
+
+_structlog_state: dict[str, Any] = _attributes_of(events._structlog_config)
 
 
 class ClientCache(Generic[K, V]):
@@ -132,11 +142,11 @@ class ClientCache(Generic[K, V]):
                 and _trace_api._TRACER_PROVIDER is None
                 and _metrics_api._METER_PROVIDER is None
                 and not _levels[10]  # logging.DEBUG, as a constant: no global lookup
-                and not _structlog_config.is_configured
+                and (not _structlog_state or not _structlog_state["is_configured"])
             ):
                 return value  # nothing observes this hit: not even a counter to bump
-        except KeyError:  # the logging module emptied its level cache: ask it below
-            pass
+        except KeyError:  # logging emptied its level cache, or structlog's state is new to us:
+            pass  # ask them below
         self._stats.hits += 1
         span_wanted = telemetry.cheap_span_wanted()
         log = events.emitter(events.DEBUG)
