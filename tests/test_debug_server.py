@@ -162,11 +162,19 @@ class TestLoopbackOnly:
             serve_debug(host=host)
         assert repr(host) in str(raised.value)
 
-    @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.2"])
+    def test_ip6_localhost_refused(self) -> None:
+        """ip6-localhost (a Debian /etc/hosts name for ::1) is refused before binding: it was
+        accepted, then bound as IPv4, where it does not resolve (a bare gaierror)."""
+        with pytest.raises(ValueError, match=r"host='ip6-localhost' is not a loopback address"):
+            serve_debug(host="ip6-localhost")
+
+    @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.2", "localhost."])
     def test_loopback_accepted(self, host: str) -> None:
         """Loopback addresses and localhost are served."""
         with serve_debug(host=host) as handle:
             assert get(handle.url + "inflight")[:2] == (200, "application/json")
+            if host.startswith("localhost"):
+                assert handle.url.startswith("http://localhost:")  # bound without the dot
 
     @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
     def test_ipv6_loopback(self) -> None:

@@ -32,7 +32,9 @@ from thunkscope._watch import inflight
 __all__ = ["DebugServer", "serve_debug"]
 
 INFLIGHT_PATH: Final = "inflight"
-_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost"})
+# The one loopback name, with or without its trailing dot; the server binds IPv4 for a
+# name, so no IPv6-only name such as Debian's ip6-localhost.
+_LOOPBACK_NAME: Final = "localhost"
 
 
 def serve_debug(
@@ -58,7 +60,7 @@ def serve_debug(
 
 
 def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
+    if host.lower().removesuffix(".") == _LOOPBACK_NAME:
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -128,7 +130,7 @@ class DebugServer:
     """A running `serve_debug` server: its base ``url`` and ``close()``."""
 
     def __init__(self, host: str, port: int, *, any_host_header: bool = False) -> None:
-        bare = host.strip("[]")
+        bare = host.strip("[]").removesuffix(".")  # "localhost." does not resolve everywhere
         server_class = _Server6 if ":" in bare else _Server
         self._server = server_class((bare, port), _Handler)
         self._server.any_host_header = any_host_header
