@@ -134,8 +134,8 @@ class ClientCache(Generic[K, V]):
             return None
         except TypeError:
             raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
-        if self._dead:  # a loop behind some entry was collected since the last call
-            return self._hit_after_collection(key, value)
+        if self._dead:  # a loop behind some entry was collected: this may be its stale entry
+            return self._lookup_after_sweep(key, value, n.RESULT_HIT)
         try:
             if (
                 not telemetry.own_providers
@@ -160,7 +160,7 @@ class ClientCache(Generic[K, V]):
             hash(key)
         except TypeError:
             raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
-        loop = _running_loop()
+        loop = asyncio._get_running_loop()
         evicted: tuple[K, V] | None = None
         with self._lock:
             stale = self._reap_locked()
@@ -210,10 +210,6 @@ class ClientCache(Generic[K, V]):
             raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
         self._lookup_after_sweep(key, None, n.RESULT_MISS)
 
-    def _hit_after_collection(self, key: K, value: V) -> V | None:
-        """A hit while some loop was collected: the hit may be that loop's stale entry."""
-        return self._lookup_after_sweep(key, value, n.RESULT_HIT)
-
     def _lookup_after_sweep(self, key: K, value: V | None, result: str) -> V | None:
         """Sweep dead loops, then count and report a lookup of `key` as `result`.
 
@@ -221,7 +217,7 @@ class ClientCache(Generic[K, V]):
         """
         with self._lock:
             stale = self._reap_locked()
-            was_stale = self._pop_stale_key_locked(key)
+            was_stale = self._stale_keys.pop(key, _MISSING) is not _MISSING
         stats = self._stats
         if was_stale:
             result, value = n.RESULT_STALE, None
@@ -247,13 +243,6 @@ class ClientCache(Generic[K, V]):
         self._hand_over_stale(stale)
         return value
 
-    def _pop_stale_key_locked(self, key: K) -> bool:
-        """Whether `key` was recently evicted as stale (forgetting it). Holds the lock."""
-        if key in self._stale_keys:
-            del self._stale_keys[key]
-            return True
-        return False
-
     def _bind_locked(self, key: K, loop: asyncio.AbstractEventLoop | None) -> None:
         """Remember the loop behind `key` if the key is that loop or its id."""
         if isinstance(key, asyncio.AbstractEventLoop):
@@ -271,9 +260,7 @@ class ClientCache(Generic[K, V]):
         loops = self._loops
         if not loops and not self._dead:
             return []
-        dead = self._dead
-        while dead:
-            dead.pop()  # the sweep below finds them: their weak reference is dead now
+        self._dead.clear()  # the sweep below finds them: their weak reference is dead now
         stale: list[tuple[K, V]] = []
         for key, ref in list(loops.items()):
             loop = ref()
@@ -449,10 +436,6 @@ class _Missing:
 
 
 _MISSING: Final[Any] = _Missing()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    return asyncio._get_running_loop()
 
 
 def _loop_collected(cache: ClientCache[Any, Any], key: Any) -> Callable[[object], None]:
