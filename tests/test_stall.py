@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from opentelemetry.trace import INVALID_SPAN
 
 from conftest import AtLeast, events_of
 from thunkscope import _names as n
 from thunkscope import _telemetry, _watch, inflight, send_to_queue
+from thunkscope._deadlines import Check
+from thunkscope._watch import StreamWatch
 
 STALL = 0.05
 GAP = 0.15
@@ -226,6 +230,31 @@ class TestStallWarning:
             n.EVENT_SENTINEL,
         ]
 
+    async def test_single_response_stall_into_a_queue_whose_put_waits(self, telemetry: Any) -> None:
+        """The late answer's resume watches from the answer on: a put that takes a moment
+        reports no second stall (the check re-armed from the answer, not the call's start)."""
+
+        class YieldingQueue(asyncio.Queue[Any]):
+            async def put(self, item: Any) -> None:
+                await asyncio.sleep(0.001)
+                await super().put(item)
+
+        async def slow_value() -> str:
+            await asyncio.sleep(GAP)
+            return "answer"
+
+        queue = YieldingQueue()
+        await send_to_queue(slow_value(), queue, chunk_timeout=None, stall_after=STALL)
+        assert drain(queue) == ["answer", None]
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert [name for name, _ in events_of(span)] == [
+            n.EVENT_STALLED,
+            n.EVENT_FIRST_ITEM,
+            n.EVENT_RESUMED,
+            n.EVENT_SENTINEL,
+        ]
+        assert stalls_by_name(telemetry) == {"default": 1}
+
     async def test_none_turns_it_off(self, telemetry: Any, log_events: list[Any]) -> None:
         """stall_after=None: no stall event, log or count however long the gap."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -299,6 +328,61 @@ class TestOneTimer:
         await send_to_queue(gappy(["a", "b"], {}), queue, chunk_timeout=30.0, stall_after=10.0)
         assert timers
         assert all(delay <= 10.0 for delay in timers)
+
+
+class RecordingDeadlines:
+    """Stands in for a loop's Deadlines: records the due time of every check scheduled."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[float] = []
+
+    def schedule(self, due: float, callback: Any) -> Check:
+        self.scheduled.append(due)
+        return Check((due, len(self.scheduled), callback))
+
+    def cancel(self, check: Check) -> None:
+        check[2] = None
+
+
+def stalled_watch(*, timeout: float | None, iterating: bool) -> tuple[StreamWatch, float]:
+    """A watch whose last stamp is 15 s old with stall_after=10 s, after its timer's stall."""
+    start = time.monotonic() - 15.0
+    watch = StreamWatch(
+        stream_id="rearm",
+        name="rearm",
+        span=INVALID_SPAN,
+        timeout=timeout,
+        stall_after=10.0,
+        now=start,
+    )
+    watch._deadlines = RecordingDeadlines()  # type: ignore[assignment]
+    if iterating:
+        watch.start_iterating(start)
+    else:
+        watch.arm(start)
+    watch._on_timer()  # 15 s idle: the stall
+    assert watch.stall_started == start
+    return watch, start
+
+
+class TestRearm:
+    async def test_an_item_after_a_stall_rearms_from_the_item(self) -> None:
+        """The check re-armed by the resume is due stall_after after the item, not before it."""
+        watch, start = stalled_watch(timeout=30.0, iterating=True)
+        deadlines: RecordingDeadlines = watch._deadlines  # type: ignore[assignment]
+        assert deadlines.scheduled == [start + 10.0, start + 30.0]
+        item = start + 20.0
+        watch.note_item(item)
+        assert deadlines.scheduled == [start + 10.0, start + 30.0, item + 10.0]
+
+    async def test_the_answer_after_a_stall_arms_once(self) -> None:
+        """An iterator answering a stalled response wait arms the check once, from the answer."""
+        watch, start = stalled_watch(timeout=30.0, iterating=False)
+        deadlines: RecordingDeadlines = watch._deadlines  # type: ignore[assignment]
+        assert deadlines.scheduled == [start + 10.0]  # no deadline on the response wait
+        answer = start + 20.0
+        watch.start_iterating(answer)
+        assert deadlines.scheduled == [start + 10.0, answer + 10.0]
 
 
 class TestBackpressure:

@@ -195,8 +195,7 @@ class StreamWatch:
         The answer ends a stall of the response wait; the first item's wait is a new gap,
         watched by the stall warning and the chunk_timeout deadline alike.
         """
-        if self.stall_started is not None:
-            self.resume(now)
+        self.resume(now)
         self.state = AWAITING_ITEM
         self.iterating = True
         self.last = now
@@ -225,7 +224,11 @@ class StreamWatch:
             if gap > self.max_gap:
                 self.max_gap = gap
         if self.stall_started is not None:
+            # The check re-armed here reads the stamp: it is this item's (the stream loop
+            # stores it too, after this call; a single response has no loop to).
+            self.last = now
             self.resume(now)
+            self.arm(now)
         self.watermark = self.max_gap
 
     async def put(self, aqueue: Any, item: object) -> None:
@@ -274,19 +277,22 @@ class StreamWatch:
         )
 
     def resume(self, now: float) -> None:
-        """An item arrived after a stall: report how long the gap was."""
+        """An item or the answer ended a stall: report how long the gap was.
+
+        Nothing if there was no stall. The caller re-arms the check, once its stamps are
+        up to date.
+        """
         start = self.stall_started
+        if start is None:
+            return
         self.stall_started = None
         if self.state == STALLED:
             self.state = AWAITING_ITEM
-        if start is None:
-            return
         gap = now - start
         try:
             self._tell(n.EVENT_RESUMED, {n.STREAM_GAP: gap}, events.INFO, gap_s=round(gap, 6))
         except Exception as exc:
             report_failure("stream watch", exc)
-        self.arm(now)
 
     def _warn_backpressure(self, now: float) -> None:
         if self.put_started is None or self.backpressure_warned:
