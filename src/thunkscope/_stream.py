@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
@@ -272,7 +271,7 @@ def _seconds(argument: str, value: object) -> float | None:
             f"{argument} must be a positive number of seconds or None, "
             f"got {type(value).__name__} {value!r}"
         )
-    if not value > 0 or math.isnan(value):
+    if not value > 0:  # NaN too: it is not greater than anything
         raise ValueError(f"{argument} must be a positive number of seconds or None, got {value!r}")
     return float(value)
 

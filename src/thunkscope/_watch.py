@@ -182,7 +182,7 @@ class StreamWatch:
                 and self.stall_started is None
                 and idle >= self.stall_after
             ):
-                self._stall(now, idle)
+                self._stall(idle)
         except Exception as exc:
             report_failure("stream watch", exc)
         self.arm(now)
@@ -266,11 +266,10 @@ class StreamWatch:
 
     # -- stall, resume, backpressure -----------------------------------------------------------
 
-    def _stall(self, now: float, idle: float) -> None:
+    def _stall(self, idle: float) -> None:
         self.stall_started = self.last
         self.watermark = -1.0  # the next item takes the slow path and reports the resume
-        if self.state != BLOCKED_ON_PUT:
-            self.state = STALLED
+        self.state = STALLED  # the timer checks a blocked put before it comes to this
         self._tell(n.EVENT_STALLED, {n.STREAM_GAP: idle}, events.WARNING, gap_s=round(idle, 6))
         telemetry.instruments.stream_stalls.add(
             1, {n.STREAM_NAME: telemetry.stream_names.fold(self.name)}
