@@ -75,7 +75,12 @@ class TestEndpoint:
         """The handle's url is the loopback base URL of a free port, ending in a slash."""
         assert server.url.startswith("http://127.0.0.1:")
         assert server.url.endswith("/")
-        assert int(server.url.rsplit(":", 1)[1].rstrip("/")) > 0
+        port = int(server.url.rsplit(":", 1)[1].rstrip("/"))
+        assert port > 0
+        # The listening socket itself, not just the URL built from the host argument.
+        listening = server._server.socket
+        assert listening.family == socket.AF_INET
+        assert listening.getsockname() == ("127.0.0.1", port)
 
     async def test_json_of_a_running_stream(self, server: DebugServer, telemetry: Any) -> None:
         """GET <url>inflight answers the snapshots of a real running stream as a JSON list."""

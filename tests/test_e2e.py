@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -66,6 +67,28 @@ class TestDemo:
             "evictions",
         ):
             assert label in text
+        # The workload runs whole rounds and one outlasts 0.2 s, so both runs did one round:
+        # every count matches a --json run of the same duration; only timings differ.
+        figures = json.loads(run_demo("--json").stdout)
+        assert figures["rounds"] == 1
+        streams, cache = figures["streams"], figures["cache"]
+        ttfi = re.fullmatch(r"time to first item mean (\d+\.\d) ms, max (\d+\.\d) ms", lines[7])
+        assert ttfi is not None, lines[7]
+        assert 0 < float(ttfi[1]) <= float(ttfi[2]) < 1000
+        assert lines[:7] + lines[8:] == [
+            "thunkscope demo: 1 round(s) of simulated LLM traffic",
+            "",
+            f"streams            {sum(streams.values())}",
+            f"  completed        {streams['completed']}",
+            f"  error            {streams['error']}",
+            f"  timeout          {streams['timeout']}",
+            f"  cancelled        {streams.get('cancelled', 0)}",
+            f"stall warnings     {figures['stalls']}",
+            f"blocked on put     {figures['blocked_on_put']}",
+            f"gathers            {figures['gathers']}",
+            f"client cache       hits {cache['hit']}, misses {cache['miss']}, "
+            f"evictions {cache['evictions']}",
+        ]
 
     @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
     def test_exports_to_a_real_collector(self, rotel: RotelCollector, protocol: str) -> None:

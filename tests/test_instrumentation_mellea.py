@@ -276,24 +276,37 @@ class TestBindings:
         assert all(_cache_class_dict()[k] is v for k, v in cache_before.items())
 
     def test_backend_imported_later_is_wrapped(self, mellea: Any) -> None:
-        """A backend module imported after instrument() holds its own wrapper, named after it."""
+        """A backend module imported after instrument() holds its own wrapper, named after it,
+        and uninstrument() gives it mellea's original functions back."""
         code = textwrap.dedent(
-            """
+            f"""
             import json, sys
             from thunkscope.instrumentation import MelleaInstrumentor
-            MelleaInstrumentor().instrument()
+            instrumentor = MelleaInstrumentor()
+            instrumentor.instrument()
             import mellea.helpers
             from mellea.helpers import async_helpers
             later = [m for m in ("mellea.backends.openai", "mellea.backends.ollama")]
             loaded_before = [m for m in later if m in sys.modules]
             import mellea.backends.openai, mellea.backends.ollama
-            out = {"loaded_before": loaded_before}
+            out = {{"loaded_before": loaded_before}}
             for name in later:
                 bound = sys.modules[name].send_to_queue
-                out[name] = {
+                out[name] = {{
                     "wraps_original": bound.__wrapped__ is async_helpers.send_to_queue.__wrapped__,
                     "own_wrapper": bound is not mellea.helpers.send_to_queue,
-                }
+                }}
+            originals = {{
+                attribute: getattr(async_helpers, attribute).__wrapped__
+                for attribute in {HELPER_NAMES!r}
+            }}
+            instrumentor.uninstrument()
+            out["after_uninstrument"] = {{
+                name + "." + attribute: vars(sys.modules[name])[attribute] is original
+                for name in later
+                for attribute, original in originals.items()
+                if attribute in vars(sys.modules[name])
+            }}
             print(json.dumps(out))
             """
         )
@@ -304,6 +317,13 @@ class TestBindings:
         assert "mellea.backends.openai" not in out["loaded_before"]
         for name in ("mellea.backends.openai", "mellea.backends.ollama"):
             assert out[name] == {"wraps_original": True, "own_wrapper": True}, name
+        restored = out["after_uninstrument"]
+        assert restored.keys() >= {
+            "mellea.backends.openai.send_to_queue",
+            "mellea.backends.ollama.send_to_queue",
+        }
+        assert all(restored.values()), restored
+        assert result.stderr == ""
 
     def test_backend_imported_before_is_patched_once(self, mellea: Any) -> None:
         """A backend imported before instrument() gets one wrapper (the post-import hook runs
