@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
@@ -48,6 +48,8 @@ class StalledIterator:
             self.aclose = self._aclose
         elif close_kind == "close":
             self.close = self._close
+        elif close_kind == "close_awaitable":
+            self.close = self._close_awaitable
 
     def __aiter__(self) -> StalledIterator:
         return self
@@ -66,6 +68,15 @@ class StalledIterator:
 
     def _close(self) -> None:
         self.closed_with = "close"
+        if self._close_raises:
+            raise RuntimeError("close failed")
+
+    def _close_awaitable(self) -> Awaitable[None]:
+        async def closing() -> None:
+            await asyncio.sleep(0)
+            self.closed_with = "close, awaited"
+
+        return closing()
 
 
 class TestResponses:
@@ -242,6 +253,32 @@ class TestChunkTimeout:
         iterator = StalledIterator(close_kind="close")
         await send_to_queue(iterator, queue, chunk_timeout=0.05)
         assert iterator.closed_with == "close"
+
+    async def test_close_returning_an_awaitable_is_awaited(self) -> None:
+        """A close() that returns an awaitable has it awaited before send_to_queue returns."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        iterator = StalledIterator(close_kind="close_awaitable")
+        await send_to_queue(iterator, queue, chunk_timeout=0.05)
+        assert iterator.closed_with == "close, awaited"
+        first, error = drain(queue)
+        assert first == "first"
+        assert isinstance(error, TimeoutError)
+
+    async def test_raising_close_is_logged_and_suppressed(
+        self, log_events: list[dict[str, Any]]
+    ) -> None:
+        """A close() that raises is logged at warning with its type; the TimeoutError stands."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        iterator = StalledIterator(close_kind="close", close_raises=True)
+        await send_to_queue(iterator, queue, chunk_timeout=0.05)
+        assert iterator.closed_with == "close"
+        first, error = drain(queue)
+        assert first == "first"
+        assert isinstance(error, TimeoutError)
+        failures = [e for e in log_events if e["event"] == n.LOG_STREAM_CLOSE_FAILED]
+        assert [(e["log_level"], e["error_type"]) for e in failures] == [
+            ("warning", "RuntimeError")
+        ]
 
     async def test_close_error_is_suppressed(self) -> None:
         """An iterator whose aclose raises still ends the stream with the TimeoutError."""
