@@ -311,7 +311,7 @@ class TestStallSetting:
 
 class TestOneTimer:
     async def test_no_timer_per_item(self, timers: list[float]) -> None:
-        """10,000 items under a deadline and a stall watch schedule two timers, not one each."""
+        """10,000 items under a deadline and a stall watch schedule one timer, not one each."""
 
         async def fast(count: int) -> AsyncIterator[int]:
             for i in range(count):

@@ -123,8 +123,8 @@ class TestResponses:
         await send_to_queue("just text", queue)
         assert drain(queue) == ["just text", None]
 
-    async def test_none_items_are_passed_through(self) -> None:
-        """Items are put as they are, whatever they are."""
+    async def test_falsy_items_are_passed_through(self) -> None:
+        """Items are put as they are, falsy ones too: none of them ends the stream early."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         await send_to_queue(agen(0, "", [], 0.0), queue)
         assert drain(queue) == [0, "", [], 0.0, None]
