@@ -124,7 +124,8 @@ class _Patches:
 
 
 # The patches of the running instrumentation, read by post-import hooks registered once
-# per process (wrapt cannot unregister them): None when not instrumented.
+# per process (wrapt cannot unregister them): None when not instrumented. The one record
+# of them: BaseInstrumentor makes MelleaInstrumentor a singleton, so it is process-wide too.
 _active: _Patches | None = None
 _hooked: set[str] = set()
 
@@ -148,7 +149,6 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     ``opentelemetry_instrumentor`` entry point ``mellea``.
     """
 
-    _patches: _Patches | None = None
     _own_providers = False
     _log_handler: logging.Handler | None = None
 
@@ -179,7 +179,7 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         default = getattr(helpers, "DEFAULT_CHUNK_TIMEOUT", None)
         patches = _Patches(originals, float(default) if isinstance(default, int | float) else None)
         self._patch_cache_class(patches, getattr(helpers, "ClientCache", None))
-        _active = self._patches = patches
+        _active = patches
         for name, module in sys.modules.copy().items():  # copy(): atomic, unlike list()
             if _is_mellea_module(name) and module is not None:
                 patches.patch_module(module)
@@ -209,8 +209,7 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
-        patches = self._patches
-        _active = self._patches = None
+        patches, _active = _active, None
         if patches is not None:
             patches.restore()
         if self._own_providers:
