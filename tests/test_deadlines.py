@@ -173,6 +173,10 @@ class FakeLoopClock:
         self.timers: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._order = 0
 
+    def deadlines(self) -> Deadlines:
+        """A Deadlines table on this clock and its timers: no real loop, no real time."""
+        return Deadlines(clock=lambda: self.now, get_loop=lambda: self)
+
     def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
         self._order += 1
         self.timers.append((self.now + delay, self._order, callback, args))
@@ -208,7 +212,7 @@ class TestSimulated:
     def test_every_live_check_fires_once_in_due_order(self, steps: list[tuple[str, int]]) -> None:
         """Whatever the mix of schedules, cancels and time, live checks fire once, in order."""
         clock = FakeLoopClock()
-        table = Deadlines()
+        table = clock.deadlines()
         scheduled: list[tuple[float, int, Check]] = []
         cancelled: set[int] = set()
         fired: list[int] = []
@@ -231,10 +235,7 @@ class TestSimulated:
                 assert table._stale == stale
             clock.advance_to(clock.now + 10)  # past every due time
 
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(_deadlines.time, "monotonic", lambda: clock.now)
-            patch.setattr(_deadlines.asyncio, "get_running_loop", lambda: clock)
-            run()
+        run()
         expected = [index for due, index, _ in sorted(scheduled) if index not in cancelled]
         assert fired == expected
         assert table.pending() == 0
@@ -248,19 +249,16 @@ class TestSimulated:
     def test_purged_heap_keeps_due_order(self, dues: list[int], random: Any) -> None:
         """Cancelling most checks purges the heap; the survivors still fire in due order."""
         clock = FakeLoopClock()
-        table = Deadlines()
+        table = clock.deadlines()
         fired: list[int] = []
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(_deadlines.time, "monotonic", lambda: clock.now)
-            patch.setattr(_deadlines.asyncio, "get_running_loop", lambda: clock)
-            checks = [
-                table.schedule(clock.now + 1 + due / 1_000, lambda i=i: fired.append(i))
-                for i, due in enumerate(dues)
-            ]
-            doomed = set(random.sample(range(len(dues)), k=len(dues) * 2 // 3))
-            for index in doomed:
-                table.cancel(checks[index])
-            assert len(table._heap) < len(dues)  # the purge ran
-            clock.advance_to(clock.now + 20)
+        checks = [
+            table.schedule(clock.now + 1 + due / 1_000, lambda i=i: fired.append(i))
+            for i, due in enumerate(dues)
+        ]
+        doomed = set(random.sample(range(len(dues)), k=len(dues) * 2 // 3))
+        for index in doomed:
+            table.cancel(checks[index])
+        assert len(table._heap) < len(dues)  # the purge ran
+        clock.advance_to(clock.now + 20)
         survivors = sorted((due, i) for i, due in enumerate(dues) if i not in doomed)
         assert fired == [i for _, i in survivors]

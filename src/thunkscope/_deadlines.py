@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from thunkscope._telemetry import report_failure
 
@@ -37,19 +37,38 @@ class Check(list[Any]):
     __slots__ = ()
 
 
+class Timers(Protocol):
+    """What Deadlines needs of an event loop: a timer (tests give it a simulated one)."""
+
+    def call_later(self, delay: float, callback: Callable[[float], None], due: float, /) -> Any:
+        """Call ``callback(due)`` in `delay` seconds."""
+
+
 class Deadlines:
-    """The checks of the streams of one event loop, behind the loop's one timer."""
+    """The checks of the streams of one event loop, behind the loop's one timer.
 
-    __slots__ = ("_armed_for", "_heap", "_sequence", "_stale")
+    `clock` (time.monotonic) tells the time checks are due by, and `get_loop`
+    (asyncio.get_running_loop) the loop to arm the timer on: a test may simulate both.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_armed_for", "_clock", "_get_loop", "_heap", "_sequence", "_stale")
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        get_loop: Callable[[], Timers] = asyncio.get_running_loop,
+    ) -> None:
+        self._clock = clock
+        self._get_loop = get_loop
         self._heap: list[Check] = []
         self._sequence = itertools.count()
         self._armed_for = float("inf")
         self._stale = 0
 
     def schedule(self, due: float, callback: Callable[[], None]) -> Check:
-        """Call `callback` at `due` (time.monotonic seconds); returns what `cancel` takes."""
+        """Call `callback` at `due` (seconds of the clock, time.monotonic by default); returns
+        what `cancel` takes."""
         check = Check((due, next(self._sequence), callback))
         heapq.heappush(self._heap, check)
         if due < self._armed_for:
@@ -76,15 +95,15 @@ class Deadlines:
         # The loop's timer handle is not kept, as it refers to the loop, which must stay
         # collectable: a timer overtaken by an earlier one fires later and does nothing.
         self._armed_for = due
-        delay = max(0.0, due - time.monotonic())
-        asyncio.get_running_loop().call_later(delay, self._fire, due)
+        delay = max(0.0, due - self._clock())
+        self._get_loop().call_later(delay, self._fire, due)
 
     def _fire(self, armed_for: float) -> None:
         if armed_for != self._armed_for:
             return  # overtaken: the timer armed for the earlier check has run already
         self._armed_for = float("inf")
         heap = self._heap
-        now = time.monotonic()
+        now = self._clock()
         while heap and heap[0][0] <= now:
             check = heapq.heappop(heap)
             callback = check[2]
