@@ -213,6 +213,7 @@ class TestWithoutMellea:
             MelleaInstrumentor().instrument()
         assert str(info.value) == INSTALL_HINT
         assert "pip install 'thunkscope[instruments]'" in str(info.value)
+        assert str(info.value).endswith(" (mellea >= 0.6.0, < 0.9)")  # package._instruments
         assert info.value.name == "mellea"
         assert not MelleaInstrumentor().is_instrumented_by_opentelemetry
 

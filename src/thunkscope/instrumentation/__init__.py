@@ -10,7 +10,7 @@ or with none, through OpenTelemetry's auto-instrumentation (the ``mellea`` entry
 the ``opentelemetry_instrumentor`` group; ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=mellea``
 turns it off)::
 
-    pip install 'thunkscope[instruments]'
+    pip install 'thunkscope[instruments]' opentelemetry-distro
     opentelemetry-instrument python app.py
 
 every stream mellea's backends feed (``send_to_queue``), every ``wait_for_all_mots``,

@@ -43,7 +43,7 @@ _log = logging.getLogger(n.LOGGER_NAME)
 
 INSTALL_HINT: Final = (
     "thunkscope's MelleaInstrumentor instruments mellea, which is not installed: "
-    "pip install 'thunkscope[instruments]' (mellea >= 0.6.0, < 0.9)"
+    f"pip install 'thunkscope[instruments]' ({'; '.join(_instruments)})"
 )
 
 _HELPERS_MODULE: Final = "mellea.helpers.async_helpers"
