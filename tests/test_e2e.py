@@ -16,8 +16,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from support.collectors import OtelTapCollector, RotelCollector
 from support.faulty import run_python
+from thunkscope import _demo, send_to_queue
 from thunkscope import _names as n
-from thunkscope import send_to_queue
 from thunkscope._telemetry import use_providers
 
 
@@ -89,6 +89,31 @@ class TestDemo:
             f"client cache       hits {cache['hit']}, misses {cache['miss']}, "
             f"evictions {cache['evictions']}",
         ]
+
+    async def test_summary_pools_time_to_first_item(self, telemetry: Any) -> None:
+        """The summary's ttfi mean pools every stream name's points (sum over count), its
+        max is the largest; the JSON keys stay the public figures."""
+        for name, count in (("first", 3), ("second", 1)):
+            for _ in range(count):
+                await send_to_queue(tokens("a", "b"), asyncio.Queue(), name=name)
+        points = telemetry.points(n.STREAM_TTFI.name)
+        assert sorted(p.count for p in points) == [1, 3]
+        summary = _demo.summarize(telemetry.reader, rounds=0)
+        pooled = sum(p.sum for p in points) / 4
+        assert summary.ttfi_mean_s == pytest.approx(pooled, rel=1e-12)
+        assert summary.ttfi_max_s == max(p.max for p in points)
+        figures = summary.as_dict()
+        assert figures == {
+            "streams": {"completed": 4},
+            "ttfi_mean_s": summary.ttfi_mean_s,
+            "ttfi_max_s": summary.ttfi_max_s,
+            "stalls": 0,
+            "blocked_on_put": 0,
+            "cache": {},
+            "gathers": 0,
+            "rounds": 0,
+        }
+        assert _demo.Summary().as_dict()["ttfi_mean_s"] is None
 
     @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
     def test_exports_to_a_real_collector(self, rotel: RotelCollector, protocol: str) -> None:

@@ -190,9 +190,8 @@ class Summary:
     """What the telemetry says the workload did."""
 
     streams: dict[str, int] = field(default_factory=dict)
-    ttfi_mean_s: float | None = None
     ttfi_max_s: float | None = None
-    _ttfi_sum: float = field(default=0.0, repr=False)
+    _ttfi_sum: float = field(default=0.0, repr=False)  # pooled over the stream names
     _ttfi_count: int = field(default=0, repr=False)
     stalls: int = 0
     blocked_on_put: int = 0  # streams that waited on a full queue (a slow consumer)
@@ -200,9 +199,16 @@ class Summary:
     gathers: int = 0
     rounds: int = 0
 
+    @property
+    def ttfi_mean_s(self) -> float | None:
+        """The mean time to first item of every stream, None when none had an item."""
+        return self._ttfi_sum / self._ttfi_count if self._ttfi_count else None
+
     def as_dict(self) -> dict[str, Any]:
         """The public figures, for ``--json``."""
-        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+        figures = {key: value for key, value in vars(self).items() if not key.startswith("_")}
+        figures["ttfi_mean_s"] = self.ttfi_mean_s
+        return figures
 
     def render(self) -> str:
         lines = [f"thunkscope demo: {self.rounds} round(s) of simulated LLM traffic", ""]
@@ -255,7 +261,6 @@ def _add(summary: Summary, name: str, point: Any) -> None:
     elif name == n.STREAM_TTFI.name and isinstance(point, HistogramDataPoint) and point.count:
         summary._ttfi_sum += point.sum  # one point per stream name: pool them
         summary._ttfi_count += point.count
-        summary.ttfi_mean_s = summary._ttfi_sum / summary._ttfi_count
         summary.ttfi_max_s = max(point.max, summary.ttfi_max_s or 0.0)
     elif name == n.STREAM_STALLS.name and isinstance(point, NumberDataPoint):
         summary.stalls += int(point.value)
