@@ -3,6 +3,8 @@
 # Usage: scripts/bootstrap.sh [EXTRAS]   e.g. scripts/bootstrap.sh test,dev
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 extras="${1:-}"
 python="${PYTHON:-}"
@@ -20,8 +22,9 @@ if [ -z "$python" ]; then
   exit 1
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  "$python" -m venv .venv
+if ! venv_has_pip .venv; then
+  ensure_venv_support "$python"
+  "$python" -m venv --clear .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 target="."

@@ -3,12 +3,17 @@
 # the thunk calling convention) and .venv-mellea07 (mellea 0.7.0, the queue convention).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 for pair in 08:0.8.0 07:0.7.0; do
   tag="${pair%%:*}"
   version="${pair##*:}"
   venv=".venv-mellea${tag}"
-  [ -x "$venv/bin/python" ] || .venv/bin/python -m venv "$venv"
+  if ! venv_has_pip "$venv"; then
+    ensure_venv_support .venv/bin/python
+    .venv/bin/python -m venv --clear "$venv"
+  fi
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   # opentelemetry-distro 0.66b1 keeps opentelemetry-instrumentation at the version the
   # structlog instrumentation pins; 0.66b2 would break `pip check`.

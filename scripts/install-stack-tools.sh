@@ -18,11 +18,8 @@ trap cleanup EXIT
 
 log() { printf 'install-stack-tools: %s\n' "$*" >&2; }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
-        log "need root (or sudo) to run: $*"; return 1
-    fi
-}
+# shellcheck source=scripts/lib.sh
+source "${repo_root}/scripts/lib.sh"  # as_root
 
 install_prometheus() {
     if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
