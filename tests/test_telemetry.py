@@ -460,6 +460,22 @@ class TestLogEvents:
         assert log_events[-1]["items"] == 2
         assert "a" not in log_events[-1].values()
 
+    async def test_event_loop_lookup_event_carries_its_span_ids(
+        self, telemetry: Telemetry, log_events: list[dict[str, Any]]
+    ) -> None:
+        """event_loop.lookup carries the ids of the get_current_event_loop span it emitted."""
+        get_current_event_loop()
+        (span,) = telemetry.spans(n.SPAN_GET_CURRENT_EVENT_LOOP)
+        assert log_events == [
+            {
+                "event": n.LOG_EVENT_LOOP_LOOKUP,
+                "log_level": "debug",
+                "found": True,
+                "trace_id": trace_api.format_trace_id(span.context.trace_id),
+                "span_id": trace_api.format_span_id(span.context.span_id),
+            }
+        ]
+
     async def test_levels_by_outcome(self, log_events: list[dict[str, Any]]) -> None:
         """Forwarded errors warn, timeouts are errors, cancellations warn."""
 
