@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import pytest
 import structlog
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -117,6 +118,13 @@ class AtLeast:
 
     def __repr__(self) -> str:
         return f"AtLeast({self.low})"
+
+
+class BrokenMeterProvider(NoOpMeterProvider):
+    """A meter provider that cannot even make a meter: thunkscope's instruments fail."""
+
+    def get_meter(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("meter provider broke")
 
 
 @pytest.fixture

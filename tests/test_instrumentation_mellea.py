@@ -27,7 +27,7 @@ import structlog
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from conftest import events_of, in_memory_providers
+from conftest import BrokenMeterProvider, events_of, in_memory_providers
 from support.fake_openai import FakeOpenAI
 from thunkscope import _names as n
 from thunkscope import _telemetry
@@ -855,6 +855,27 @@ class TestDirectCalls:
         else:
             assert outcome == "error"
         assert dict(span.attributes or {})[n.STREAM_NAME] == "mellea"
+
+    async def test_instruments_failing_at_stream_start(
+        self, instrumented: MelleaInstrumentor, telemetry: Any
+    ) -> None:
+        """A meter provider that throws at a stream's start changes nothing mellea delivers;
+        the span still ends once, and nothing stays current or in flight."""
+        from mellea.helpers import async_helpers
+        from opentelemetry import trace as trace_api
+
+        from thunkscope import inflight
+
+        _telemetry.use_providers(
+            tracer_provider=telemetry.tracer_provider, meter_provider=BrokenMeterProvider()
+        )
+        before = trace_api.get_current_span()
+        seen = await _run(async_helpers.send_to_queue, SCRIPTS["items"](), chunk_timeout=1.0)
+        assert seen == ["a", "b", "c", None]
+        assert trace_api.get_current_span() is before
+        assert [s for s in inflight() if s["name"] == "mellea"] == []
+        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        assert dict(span.attributes or {})[n.STREAM_OUTCOME] == "completed"
 
     @pytest.mark.mellea08
     async def test_old_convention_on_08_fails_as_mellea_does(

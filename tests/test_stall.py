@@ -359,7 +359,7 @@ def stalled_watch(*, timeout: float | None, iterating: bool) -> tuple[StreamWatc
     if iterating:
         watch.start_iterating(start)
     else:
-        watch.arm(start)
+        watch.arm()
     watch._on_timer()  # 15 s idle: the stall
     assert watch.stall_started == start
     return watch, start

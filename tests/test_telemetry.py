@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 import structlog
 from opentelemetry import trace as trace_api
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 from opentelemetry.trace import SpanKind, StatusCode
 
-from conftest import Telemetry, events_of, in_memory_providers
+from conftest import BrokenMeterProvider, Telemetry, events_of, in_memory_providers
 from thunkscope import (
     ClientCache,
     _events,
@@ -599,13 +598,6 @@ class TestUnderAutoInstrumentation:
         assert capsys.readouterr().out == ""
         messages = [r.getMessage().split(" ")[0] for r in stdlib_records.records]
         assert messages == [n.LOG_STREAM_STARTED, n.LOG_STREAM_FIRST_ITEM, n.LOG_STREAM_COMPLETED]
-
-
-class BrokenMeterProvider(NoOpMeterProvider):
-    """A meter provider that cannot even make a meter: thunkscope's instruments fail."""
-
-    def get_meter(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("meter provider broke")
 
 
 def failure_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

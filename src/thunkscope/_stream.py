@@ -13,10 +13,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextvars import Token
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as trace_api
+from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from thunkscope import _events as events
@@ -116,15 +118,7 @@ async def send_to_queue(
     # Cancel requests the task had before this stream: the deadline's own cancel is told
     # apart from any other by the count coming back to this (as asyncio.timeout does).
     cancelling = 0 if watch.task is None else watch.task.cancelling()
-    register(watch)
-    token = None
-    try:
-        if span.is_recording():
-            token = otel_context.attach(trace_api.set_span_in_context(span))
-        note_producer(aqueue, watch)
-        telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
-    except Exception as exc:  # telemetry that throws must not stop the stream
-        report_failure("stream start", exc)
+    token = begin_stream(watch, aqueue)
     if events.enabled(events.DEBUG):
         events.emit(events.DEBUG, n.LOG_STREAM_STARTED, stream_id=stream_id, stream=name)
 
@@ -135,7 +129,7 @@ async def send_to_queue(
     try:
         if isinstance(co, Coroutine):  # only a response still to come needs watching
             watch.backend_type = backend_type_of(co)
-            watch.arm(start)
+            watch.arm()
             response = await co
         else:
             response = co
@@ -192,6 +186,25 @@ async def send_to_queue(
         _finish(watch, mode, outcome, error, time.monotonic())
         if token is not None:
             otel_context.detach(token)
+
+
+def begin_stream(watch: StreamWatch, aqueue: object | None) -> Token[Context] | None:
+    """Register a starting stream and make its span current; the token to detach, if any.
+
+    Shared with the mellea instrumentation. Telemetry that throws here (a span, a meter
+    provider) is reported and the stream goes on: the queue protocol never depends on it.
+    """
+    register(watch)
+    token: Token[Context] | None = None
+    try:
+        if watch.span.is_recording():
+            token = otel_context.attach(trace_api.set_span_in_context(watch.span))
+        if aqueue is not None:
+            note_producer(aqueue, watch)
+        telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
+    except Exception as exc:
+        report_failure("stream start", exc)
+    return token
 
 
 async def _pump(

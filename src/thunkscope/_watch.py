@@ -132,7 +132,7 @@ class StreamWatch:
 
     # -- the timer ---------------------------------------------------------------------------
 
-    def arm(self, now: float) -> None:
+    def arm(self) -> None:
         """(Re)schedule the single check for the earliest moment something could be due."""
         self._cancel_check()
         if self.state == BLOCKED_ON_PUT:
@@ -185,7 +185,7 @@ class StreamWatch:
                 self._stall(idle)
         except Exception as exc:
             report_failure("stream watch", exc)
-        self.arm(now)
+        self.arm()
 
     # -- what the stream loop calls -----------------------------------------------------------
 
@@ -199,7 +199,7 @@ class StreamWatch:
         self.state = AWAITING_ITEM
         self.iterating = True
         self.last = now
-        self.arm(now)
+        self.arm()
 
     def note_item(self, now: float) -> None:
         """An item whose gap passed the watermark: first item, new longest gap, or a resume."""
@@ -228,7 +228,7 @@ class StreamWatch:
             # stores it too, after this call; a single response has no loop to).
             self.last = now
             self.resume(now)
-            self.arm(now)
+            self.arm()
         self.watermark = self.max_gap
 
     async def put(self, aqueue: Any, item: object) -> None:
@@ -251,7 +251,7 @@ class StreamWatch:
         previous = self.state
         self.state = BLOCKED_ON_PUT
         self.put_started = now
-        self.arm(now)
+        self.arm()
         return previous
 
     def end_put(self, now: float, previous: State) -> None:
@@ -262,7 +262,7 @@ class StreamWatch:
         self.backpressure_warned = False
         self.state = AWAITING_ITEM if previous == STALLED else previous
         self.last = now
-        self.arm(now)
+        self.arm()
 
     # -- stall, resume, backpressure -----------------------------------------------------------
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import structlog
 from opentelemetry import context as otel_context
-from opentelemetry import trace as trace_api
 
 from thunkscope import _events as events
 from thunkscope import _names as n
@@ -44,8 +43,6 @@ from thunkscope._watch import (
     StreamWatch,
     backend_type_of,
     new_stream_id,
-    note_producer,
-    register,
     unregister,
 )
 from thunkscope.instrumentation import _ids
@@ -241,15 +238,12 @@ async def observe_send_to_queue(
     generation = _ids.generation_id(target)
     if generation is not None:
         ids[_ids.GENERATION_ID] = generation
-    if span.is_recording():
-        span.set_attributes(ids)
-    token = (
-        otel_context.attach(trace_api.set_span_in_context(span)) if span.is_recording() else None
-    )
-    register(watch)
-    if queue is not None:
-        note_producer(queue, watch)
-    telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
+    try:
+        if span.is_recording():
+            span.set_attributes(ids)
+    except Exception as exc:
+        report_failure("mellea stream ids", exc)
+    token = core_stream.begin_stream(watch, queue)
     log_ids = _ids.log_fields(ids)
     events.emit(
         events.DEBUG, n.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name, **log_ids
@@ -269,7 +263,7 @@ async def observe_send_to_queue(
     # The stall, resume and final events of the core carry mellea's ids too wherever the
     # application's structlog merges context variables (structlog's default does).
     with structlog.contextvars.bound_contextvars(**log_ids):
-        watch.arm(start)
+        watch.arm()
         try:
             await wrapped(*args, **kwargs)
         except asyncio.CancelledError as exc:
