@@ -120,6 +120,18 @@ class AtLeast:
         return f"AtLeast({self.low})"
 
 
+class Counted:
+    """A function wrapped to count its calls."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.function(*args)
+
+
 class BrokenMeterProvider(NoOpMeterProvider):
     """A meter provider that cannot even make a meter: thunkscope's instruments fail."""
 

@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 
-from conftest import Telemetry
+from conftest import Counted, Telemetry
 from thunkscope import ClientCache
 from thunkscope import _cache as core_cache
 from thunkscope import _events as events
@@ -264,18 +264,6 @@ class TestLogsCarryTheirSpan:
             (n.LOG_CACHE_PUT, *ids_of(ended)),
             (n.LOG_CACHE_EVICTED, *ids_of(ended)),
         ]
-
-
-class Counted:
-    """A function wrapped to count its calls."""
-
-    def __init__(self, function: Any) -> None:
-        self.function = function
-        self.calls = 0
-
-    def __call__(self, *args: Any) -> Any:
-        self.calls += 1
-        return self.function(*args)
 
 
 class TestHitDecidesOnce:

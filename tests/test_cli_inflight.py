@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -137,6 +137,17 @@ def table_rows(output: str) -> list[list[str]]:
             break
         rows.append(line.split())
     return rows
+
+
+def interrupt_on_second_nap(naps: list[float]) -> Callable[[float], None]:
+    """A sleep for the watch loop that records each nap and presses Ctrl-C on the second."""
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 2:
+            raise KeyboardInterrupt
+
+    return sleep
 
 
 class TestOnce:
@@ -316,12 +327,7 @@ class TestRender:
         """The watch loop draws a frame per interval and returns 0 on KeyboardInterrupt."""
         drawn = io.StringIO()
         naps: list[float] = []
-
-        def sleep(seconds: float) -> None:
-            naps.append(seconds)
-            if len(naps) == 2:
-                raise KeyboardInterrupt
-
+        sleep = interrupt_on_second_nap(naps)
         with serve_debug() as server:
             code = _inflight_view.run(server.url, watch=True, interval=0.25, out=drawn, sleep=sleep)
         assert code == 0
@@ -332,12 +338,7 @@ class TestRender:
         """--watch draws "cannot read it" for a non-HTTP reply and keeps polling."""
         drawn = io.StringIO()
         naps: list[float] = []
-
-        def sleep(seconds: float) -> None:
-            naps.append(seconds)
-            if len(naps) == 2:
-                raise KeyboardInterrupt
-
+        sleep = interrupt_on_second_nap(naps)
         code = _inflight_view.run(garbage_url, watch=True, interval=0.25, out=drawn, sleep=sleep)
         assert code == 0
         assert naps == [0.25, 0.25]

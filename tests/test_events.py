@@ -14,22 +14,11 @@ from typing import Any
 import pytest
 import structlog
 
+from conftest import Counted
 from support.faulty import run_python
 from thunkscope import ClientCache
 from thunkscope import _events as events
 from thunkscope import _names as n
-
-
-class Counted:
-    """A function wrapped to count its calls."""
-
-    def __init__(self, function: Any) -> None:
-        self.function = function
-        self.calls = 0
-
-    def __call__(self, *args: Any) -> Any:
-        self.calls += 1
-        return self.function(*args)
 
 
 @pytest.fixture

@@ -57,6 +57,12 @@ def logged(log_events: list[dict[str, Any]], event: str) -> list[dict[str, Any]]
     return [entry for entry in log_events if entry["event"] == event]
 
 
+async def slow_answer() -> str:
+    """A backend whose one value comes after a stall."""
+    await asyncio.sleep(GAP)
+    return "answer"
+
+
 class TestStallWarning:
     async def test_one_warning_per_gap_then_resume(
         self, telemetry: Any, log_events: list[dict[str, Any]]
@@ -216,11 +222,7 @@ class TestStallWarning:
         """A coroutine returning one value late stalls, and its value resumes the stream."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
-        async def slow_value() -> str:
-            await asyncio.sleep(GAP)
-            return "answer"
-
-        await send_to_queue(slow_value(), queue, stall_after=STALL)
+        await send_to_queue(slow_answer(), queue, stall_after=STALL)
         assert drain(queue) == ["answer", None]
         (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
@@ -239,12 +241,8 @@ class TestStallWarning:
                 await asyncio.sleep(0.001)
                 await super().put(item)
 
-        async def slow_value() -> str:
-            await asyncio.sleep(GAP)
-            return "answer"
-
         queue = YieldingQueue()
-        await send_to_queue(slow_value(), queue, chunk_timeout=None, stall_after=STALL)
+        await send_to_queue(slow_answer(), queue, chunk_timeout=None, stall_after=STALL)
         assert drain(queue) == ["answer", None]
         (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
