@@ -274,40 +274,40 @@ async def contract_calls_loop(
     from opentelemetry import trace as trace_api
     from opentelemetry.trace import SpanKind
 
-    from thunkscope import _names as n
+    from thunkscope import names
 
     start = time.monotonic()
     span = tracer.start_span(
-        n.SPAN_SEND_TO_QUEUE,
+        names.SPAN_SEND_TO_QUEUE,
         kind=SpanKind.PRODUCER,
-        attributes={n.STREAM_NAME: "default", n.STREAM_ID: "bench-1"},
+        attributes={names.STREAM_NAME: "default", names.STREAM_ID: "bench-1"},
     )
     token = otel_context.attach(trace_api.set_span_in_context(span))
     items, first = 0, start
     async for item in iterator:
         if not items:
             first = time.monotonic()
-            span.add_event(n.EVENT_FIRST_ITEM)
+            span.add_event(names.EVENT_FIRST_ITEM)
         items += 1
         await queue.put(item)
     await queue.put(None)
-    span.add_event(n.EVENT_SENTINEL, {n.STREAM_ITEMS: items})
+    span.add_event(names.EVENT_SENTINEL, {names.STREAM_ITEMS: items})
     duration = time.monotonic() - start
     span.set_attributes(
         {
-            n.STREAM_ITEMS: items,
-            n.STREAM_OUTCOME: n.OUTCOME_COMPLETED,
-            n.STREAM_MAX_ITEM_GAP: 0.0,
-            n.STREAM_PUT_WAIT: 0.0,
-            n.STREAM_MODE: n.MODE_ITERATOR,
-            n.STREAM_TIME_TO_FIRST_ITEM: first - start,
+            names.STREAM_ITEMS: items,
+            names.STREAM_OUTCOME: names.OUTCOME_COMPLETED,
+            names.STREAM_MAX_ITEM_GAP: 0.0,
+            names.STREAM_PUT_WAIT: 0.0,
+            names.STREAM_MODE: names.MODE_ITERATOR,
+            names.STREAM_TIME_TO_FIRST_ITEM: first - start,
         }
     )
     span.end()
     context = otel_context.get_current()
-    by_name = {n.STREAM_NAME: "default"}
+    by_name = {names.STREAM_NAME: "default"}
     instruments.stream_duration.record(
-        duration, {**by_name, n.STREAM_OUTCOME: n.OUTCOME_COMPLETED}, context
+        duration, {**by_name, names.STREAM_OUTCOME: names.OUTCOME_COMPLETED}, context
     )
     instruments.stream_ttfi.record(first - start, by_name, context)
     instruments.stream_items.record(items, by_name, context)
@@ -323,16 +323,18 @@ async def contract_calls_gather(thunks: Sequence[Any], tracer: Any, instruments:
     from opentelemetry import context as otel_context
     from opentelemetry import trace as trace_api
 
-    from thunkscope import _names as n
+    from thunkscope import names
 
     start = time.monotonic()
-    span = tracer.start_span(n.SPAN_WAIT_FOR_ALL_MOTS, attributes={n.GATHER_SIZE: len(thunks)})
+    span = tracer.start_span(
+        names.SPAN_WAIT_FOR_ALL_MOTS, attributes={names.GATHER_SIZE: len(thunks)}
+    )
     token = otel_context.attach(trace_api.set_span_in_context(span))
     await asyncio.gather(*(thunk.avalue() for thunk in thunks))
-    span.set_attribute(n.GATHER_OUTCOME, n.OUTCOME_COMPLETED)
+    span.set_attribute(names.GATHER_OUTCOME, names.OUTCOME_COMPLETED)
     span.end()
     instruments.gather_duration.record(
-        time.monotonic() - start, {n.GATHER_OUTCOME: n.OUTCOME_COMPLETED}
+        time.monotonic() - start, {names.GATHER_OUTCOME: names.OUTCOME_COMPLETED}
     )
     instruments.gather_size.record(len(thunks))
     otel_context.detach(token)

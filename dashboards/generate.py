@@ -1,7 +1,7 @@
 """The Grafana dashboards of this folder, as code.
 
 Each dashboard is built with Grafana's own typed builders (grafana-foundation-sdk) from
-the telemetry names of the contract (`thunkscope._names`), and written next to this file
+the telemetry names of the contract (`thunkscope.names`), and written next to this file
 as JSON, which is what Grafana's file provider loads. After editing, regenerate:
 
     python dashboards/generate.py
@@ -35,10 +35,10 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 
 try:
-    from thunkscope import _names as names
+    from thunkscope import names
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from thunkscope import _names as names
+    from thunkscope import names
 
 HERE = Path(__file__).resolve().parent
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import Telemetry, events_of
-from thunkscope import _names as n
+from thunkscope import names
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
@@ -111,8 +111,8 @@ class TestQuickRun:
     ) -> None:
         """The fixed cost is printed in two parts: the contract's SDK calls, and the rest."""
         stdout, report = quick_run
-        names = [p["name"] for p in report["breakdown"]]
-        assert names == [
+        parts = [p["name"] for p in report["breakdown"]]
+        assert parts == [
             "of the fixed cost: the SDK calls SPEC section 2 asks of a one-item stream, alone",
             "of the fixed cost: what send_to_queue adds to those calls",
             "wait_for_all_mots: the SDK calls SPEC section 2 asks of it around a bare gather, "
@@ -198,13 +198,13 @@ class TestBaselines:
 
         floor_items, real_items = asyncio.run(both())
         assert floor_items == real_items == [0, None]
-        floor, real = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        floor, real = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert (floor.kind, set(floor.attributes)) == (real.kind, set(real.attributes))
         assert events_of(floor) == events_of(real)
-        for metric in (n.STREAM_DURATION, n.STREAM_TTFI, n.STREAM_ITEM_COUNT):
+        for metric in (names.STREAM_DURATION, names.STREAM_TTFI, names.STREAM_ITEM_COUNT):
             (point,) = telemetry.points(metric.name)
             assert point.count == 2, metric.name  # one from each
-        assert telemetry.points(n.QUEUE_PUT_WAIT.name) == []  # neither blocked
+        assert telemetry.points(names.QUEUE_PUT_WAIT.name) == []  # neither blocked
 
     def test_contract_gather_makes_what_wait_for_all_mots_makes(
         self, bench: ModuleType, telemetry: Telemetry
@@ -220,10 +220,10 @@ class TestBaselines:
             await wait_for_all_mots(thunks)
 
         asyncio.run(both())
-        floor, real = telemetry.spans(n.SPAN_WAIT_FOR_ALL_MOTS)
+        floor, real = telemetry.spans(names.SPAN_WAIT_FOR_ALL_MOTS)
         assert (floor.kind, dict(floor.attributes)) == (real.kind, dict(real.attributes))
         assert floor.events == real.events == ()
-        for metric in (n.GATHER_DURATION, n.GATHER_SIZE_METRIC):
+        for metric in (names.GATHER_DURATION, names.GATHER_SIZE_METRIC):
             (point,) = telemetry.points(metric.name)
             assert point.count == 2, metric.name
 

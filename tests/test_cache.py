@@ -17,10 +17,9 @@ from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 
 from conftest import Counted, Telemetry
-from thunkscope import ClientCache
+from thunkscope import ClientCache, names
 from thunkscope import _cache as core_cache
 from thunkscope import _events as events
-from thunkscope import _names as n
 from thunkscope._telemetry import telemetry as telemetry_state
 
 
@@ -195,7 +194,7 @@ class TestThreads:
             for _ in range(100):
                 limits = telemetry.by_attributes("thunkscope.cache.entry.limit")
                 # how many is a race with the other thread; that the callback answered is not
-                assert frozenset({(n.CACHE_NAME, name)}) in limits
+                assert frozenset({(names.CACHE_NAME, name)}) in limits
         finally:
             stop.set()
             thread.join()
@@ -230,11 +229,11 @@ class TestLogsCarryTheirSpan:
         cache.put("b", 2)  # evicts "a"
         miss, put, hit, evicting_put = (ids_of(s) for s in telemetry.spans())
         assert logged_ids(log_events) == [
-            (n.LOG_CACHE_MISS, *miss),
-            (n.LOG_CACHE_PUT, *put),
-            (n.LOG_CACHE_HIT, *hit),
-            (n.LOG_CACHE_PUT, *evicting_put),
-            (n.LOG_CACHE_EVICTED, *evicting_put),
+            (names.LOG_CACHE_MISS, *miss),
+            (names.LOG_CACHE_PUT, *put),
+            (names.LOG_CACHE_HIT, *hit),
+            (names.LOG_CACHE_PUT, *evicting_put),
+            (names.LOG_CACHE_EVICTED, *evicting_put),
         ]
 
     def test_inside_a_trace_events_carry_the_cache_span_not_its_parent(
@@ -248,21 +247,21 @@ class TestLogsCarryTheirSpan:
         assert get.parent is not None
         assert request.context is not None
         assert get.parent.span_id == request.context.span_id
-        assert logged_ids(log_events) == [(n.LOG_CACHE_MISS, *ids_of(get))]
+        assert logged_ids(log_events) == [(names.LOG_CACHE_MISS, *ids_of(get))]
 
     def test_report_logs_with_the_span_it_ends(
         self, telemetry: Telemetry, log_events: list[dict[str, Any]]
     ) -> None:
         """`report` (the mellea instrumentation's path) logs with the ids of the span it ends."""
-        span = core_cache.start_span(n.SPAN_CACHE_PUT, "reported")
+        span = core_cache.start_span(names.SPAN_CACHE_PUT, "reported")
         assert span is not None
         core_cache.report(
-            span, "reported", 1, 1, events.DEBUG, n.LOG_CACHE_PUT, result=None, evicted=True
+            span, "reported", 1, 1, events.DEBUG, names.LOG_CACHE_PUT, result=None, evicted=True
         )
         (ended,) = telemetry.spans()
         assert logged_ids(log_events) == [
-            (n.LOG_CACHE_PUT, *ids_of(ended)),
-            (n.LOG_CACHE_EVICTED, *ids_of(ended)),
+            (names.LOG_CACHE_PUT, *ids_of(ended)),
+            (names.LOG_CACHE_EVICTED, *ids_of(ended)),
         ]
 
 
@@ -286,7 +285,7 @@ class TestHitDecidesOnce:
         log_events.clear()
         assert cache.get("a") == 1
         assert (span_wanted.calls, structlog_configured.calls) == (1, 1)
-        assert [e["event"] for e in log_events] == [n.LOG_CACHE_HIT]
+        assert [e["event"] for e in log_events] == [names.LOG_CACHE_HIT]
         expected_spans = 2 if span_mode == "all" else 0  # the put's and the hit's
         assert len(telemetry.spans()) == expected_spans
 

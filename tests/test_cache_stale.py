@@ -17,8 +17,7 @@ import pytest
 
 from conftest import Telemetry, events_of
 from test_cache import ids_of
-from thunkscope import ClientCache
-from thunkscope import _names as n
+from thunkscope import ClientCache, names
 
 _names = itertools.count()
 
@@ -219,21 +218,21 @@ class TestStaleTelemetry:
         telemetry.exporter.clear()
         log_events.clear()
         assert cache.get(old_id) is None
-        (span,) = telemetry.spans(n.SPAN_CACHE_GET)
+        (span,) = telemetry.spans(names.SPAN_CACHE_GET)
         assert dict(span.attributes or {}) == {
-            n.CACHE_NAME: "stale",
-            n.CACHE_RESULT: n.RESULT_STALE,
-            n.CACHE_SIZE: 0,
+            names.CACHE_NAME: "stale",
+            names.CACHE_RESULT: names.RESULT_STALE,
+            names.CACHE_SIZE: 0,
         }
-        assert [e.name for e in span.events] == [n.EVENT_CACHE_EVICTED]
+        assert [e.name for e in span.events] == [names.EVENT_CACHE_EVICTED]
         lookups = telemetry.by_attributes("thunkscope.cache.lookups")
-        stale = frozenset({(n.CACHE_NAME, "stale"), (n.CACHE_RESULT, n.RESULT_STALE)})
+        stale = frozenset({(names.CACHE_NAME, "stale"), (names.CACHE_RESULT, names.RESULT_STALE)})
         assert lookups[stale].value == 1
         evictions = telemetry.by_attributes("thunkscope.cache.evictions")
-        assert evictions[frozenset({(n.CACHE_NAME, "stale")})].value == 1
+        assert evictions[frozenset({(names.CACHE_NAME, "stale")})].value == 1
         assert [(e["event"], e.get("reason"), e.get("result")) for e in log_events] == [
-            (n.LOG_CACHE_EVICTED, n.RESULT_STALE, None),
-            (n.LOG_CACHE_MISS, None, n.RESULT_STALE),
+            (names.LOG_CACHE_EVICTED, names.RESULT_STALE, None),
+            (names.LOG_CACHE_MISS, None, names.RESULT_STALE),
         ]
 
     def test_put_that_sweeps_a_stale_entry_says_it_evicted(
@@ -250,24 +249,24 @@ class TestStaleTelemetry:
         log_events.clear()
         cache.put("other", "client-other")
         assert evicted == [client]
-        (span,) = telemetry.spans(n.SPAN_CACHE_PUT)
+        (span,) = telemetry.spans(names.SPAN_CACHE_PUT)
         assert dict(span.attributes or {}) == {
-            n.CACHE_NAME: name,
-            n.CACHE_SIZE: 1,
-            n.CACHE_EVICTED: True,
+            names.CACHE_NAME: name,
+            names.CACHE_SIZE: 1,
+            names.CACHE_EVICTED: True,
         }
-        assert events_of(span) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: name})]
+        assert events_of(span) == [(names.EVENT_CACHE_EVICTED, {names.CACHE_NAME: name})]
         evictions = telemetry.by_attributes("thunkscope.cache.evictions")
-        assert evictions[frozenset({(n.CACHE_NAME, name)})].value == 1
+        assert evictions[frozenset({(names.CACHE_NAME, name)})].value == 1
         ids = ids_of(span)
         assert [
             (e["event"], e.get("reason"), e.get("trace_id"), e.get("span_id")) for e in log_events
         ] == [
-            (n.LOG_CACHE_EVICTED, n.RESULT_STALE, *ids),
-            (n.LOG_CACHE_PUT, None, *ids),
+            (names.LOG_CACHE_EVICTED, names.RESULT_STALE, *ids),
+            (names.LOG_CACHE_PUT, None, *ids),
         ]
 
-    @pytest.mark.parametrize("result", [n.RESULT_MISS, n.RESULT_HIT])
+    @pytest.mark.parametrize("result", [names.RESULT_MISS, names.RESULT_HIT])
     def test_lookup_of_another_key_that_sweeps_says_it_evicted(
         self, result: str, telemetry: Telemetry, log_events: list[dict[str, Any]]
     ) -> None:
@@ -278,21 +277,21 @@ class TestStaleTelemetry:
         put_in_fresh_loop(cache)  # its loop is collected: the next operation sweeps
         telemetry.exporter.clear()
         log_events.clear()
-        key = "other" if result == n.RESULT_HIT else "missing"
+        key = "other" if result == names.RESULT_HIT else "missing"
         cache.get(key)
-        (span,) = telemetry.spans(n.SPAN_CACHE_GET)
+        (span,) = telemetry.spans(names.SPAN_CACHE_GET)
         assert dict(span.attributes or {}) == {
-            n.CACHE_NAME: name,
-            n.CACHE_SIZE: 1,
-            n.CACHE_RESULT: result,
+            names.CACHE_NAME: name,
+            names.CACHE_SIZE: 1,
+            names.CACHE_RESULT: result,
         }
-        assert events_of(span) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: name})]
+        assert events_of(span) == [(names.EVENT_CACHE_EVICTED, {names.CACHE_NAME: name})]
         ids = ids_of(span)
-        level_event = n.LOG_CACHE_HIT if result == n.RESULT_HIT else n.LOG_CACHE_MISS
+        level_event = names.LOG_CACHE_HIT if result == names.RESULT_HIT else names.LOG_CACHE_MISS
         assert [
             (e["event"], e.get("reason"), e.get("trace_id"), e.get("span_id")) for e in log_events
         ] == [
-            (n.LOG_CACHE_EVICTED, n.RESULT_STALE, *ids),
+            (names.LOG_CACHE_EVICTED, names.RESULT_STALE, *ids),
             (level_event, None, *ids),
         ]
 
@@ -308,8 +307,8 @@ class TestStaleTelemetry:
         telemetry.exporter.clear()
         assert cache.get(-1) is None  # sweeps
         assert cache.get(id(loop)) is None  # reported stale
-        sweep, stale = telemetry.spans(n.SPAN_CACHE_GET)
-        assert dict(sweep.attributes or {})[n.CACHE_RESULT] == n.RESULT_MISS
-        assert events_of(sweep) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: name})]
-        assert dict(stale.attributes or {})[n.CACHE_RESULT] == n.RESULT_STALE
+        sweep, stale = telemetry.spans(names.SPAN_CACHE_GET)
+        assert dict(sweep.attributes or {})[names.CACHE_RESULT] == names.RESULT_MISS
+        assert events_of(sweep) == [(names.EVENT_CACHE_EVICTED, {names.CACHE_NAME: name})]
+        assert dict(stale.attributes or {})[names.CACHE_RESULT] == names.RESULT_STALE
         assert events_of(stale) == []

@@ -17,8 +17,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from thunkscope import ClientCache, _telemetry, send_to_queue
-from thunkscope import _names as n
+from thunkscope import ClientCache, _telemetry, names, send_to_queue
 from thunkscope._telemetry import DEFAULT_NAME_LIMIT, NameCap, telemetry
 
 DISTINCT_NAMES = 10_000
@@ -37,13 +36,13 @@ class Metrics:
         data = self.reader.get_metrics_data()
         assert data is not None
         return {
-            point.attributes[n.CACHE_NAME]: point.value
+            point.attributes[names.CACHE_NAME]: point.value
             for resource_metrics in data.resource_metrics
             for scope_metrics in resource_metrics.scope_metrics
             for metric in scope_metrics.metrics
             if metric.name == metric_name
             for point in metric.data.data_points
-            if result is None or point.attributes.get(n.CACHE_RESULT) == result
+            if result is None or point.attributes.get(names.CACHE_RESULT) == result
         }
 
     def series(self, metric_name: str) -> list[dict[str, Any]]:
@@ -104,16 +103,16 @@ class TestStreamNames:
             "thunkscope.stream.active",
         ):
             series = metrics.series(metric)
-            names = [s[n.STREAM_NAME] for s in series]
-            assert len(names) == len(set(names)) == MAX_SERIES, metric
-            assert NameCap.OTHER in names
+            labels = [s[names.STREAM_NAME] for s in series]
+            assert len(labels) == len(set(labels)) == MAX_SERIES, metric
+            assert NameCap.OTHER in labels
             assert all("otel.metric.overflow" not in s for s in series)
         (other,) = [
             p
             for p in metrics.series("thunkscope.stream.duration")
-            if p[n.STREAM_NAME] == NameCap.OTHER
+            if p[names.STREAM_NAME] == NameCap.OTHER
         ]
-        assert other == {n.STREAM_NAME: "other", n.STREAM_OUTCOME: n.OUTCOME_COMPLETED}
+        assert other == {names.STREAM_NAME: "other", names.STREAM_OUTCOME: names.OUTCOME_COMPLETED}
         (warning,) = cap_warnings(warnings_only, "stream")
         assert "'other'" in warning.getMessage()
 
@@ -121,8 +120,8 @@ class TestStreamNames:
         """Below the cap every name is its own series; nothing folds."""
         for name in ("alpha", "beta", "gamma"):
             await send_to_queue("x", asyncio.Queue(), name=name)
-        names = {s[n.STREAM_NAME] for s in metrics.series("thunkscope.stream.duration")}
-        assert names == {"alpha", "beta", "gamma"}
+        labels = {s[names.STREAM_NAME] for s in metrics.series("thunkscope.stream.duration")}
+        assert labels == {"alpha", "beta", "gamma"}
 
 
 @pytest.mark.slow
@@ -140,27 +139,27 @@ class TestCacheNames:
             assert cache.get(2) == "b"
             caches.append(cache)
         lookups = metrics.series("thunkscope.cache.lookups")
-        for result in (n.RESULT_HIT, n.RESULT_MISS):
-            names = [s[n.CACHE_NAME] for s in lookups if s[n.CACHE_RESULT] == result]
-            assert len(names) == len(set(names)) == MAX_SERIES
-            assert NameCap.OTHER in names
+        for result in (names.RESULT_HIT, names.RESULT_MISS):
+            labels = [s[names.CACHE_NAME] for s in lookups if s[names.CACHE_RESULT] == result]
+            assert len(labels) == len(set(labels)) == MAX_SERIES
+            assert NameCap.OTHER in labels
         for metric in (
             "thunkscope.cache.evictions",
             "thunkscope.cache.entry.count",
             "thunkscope.cache.entry.limit",
         ):
-            names = [s[n.CACHE_NAME] for s in metrics.series(metric)]
-            assert len(names) == len(set(names)) == MAX_SERIES, metric
+            labels = [s[names.CACHE_NAME] for s in metrics.series(metric)]
+            assert len(labels) == len(set(labels)) == MAX_SERIES, metric
         # the folded series still add up: every cache past the cap counts under `other`
-        entries = {s[n.CACHE_NAME] for s in metrics.series("thunkscope.cache.entry.count")}
+        entries = {s[names.CACHE_NAME] for s in metrics.series("thunkscope.cache.entry.count")}
         assert NameCap.OTHER in entries
         folded = DISTINCT_NAMES - DEFAULT_NAME_LIMIT  # one entry, one eviction, one hit...
         for metric, result in (
             ("thunkscope.cache.entry.count", None),
             ("thunkscope.cache.entry.limit", None),
             ("thunkscope.cache.evictions", None),
-            ("thunkscope.cache.lookups", n.RESULT_HIT),
-            ("thunkscope.cache.lookups", n.RESULT_MISS),
+            ("thunkscope.cache.lookups", names.RESULT_HIT),
+            ("thunkscope.cache.lookups", names.RESULT_MISS),
         ):
             values = metrics.values(metric, result)
             assert values[NameCap.OTHER] == folded, metric

@@ -17,7 +17,7 @@ import pytest
 
 from support.collectors import RotelCollector
 from support.faulty import FaultyCollector, run_python
-from thunkscope import _names as n
+from thunkscope import names
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -140,9 +140,13 @@ class TestWithoutConfigure:
             )
         )
         assert result["spans"] == sorted(
-            [n.SPAN_SEND_TO_QUEUE, n.SPAN_WAIT_FOR_ALL_MOTS, n.SPAN_GET_CURRENT_EVENT_LOOP]
-            + [n.SPAN_CACHE_GET] * 2
-            + [n.SPAN_CACHE_PUT]
+            [
+                names.SPAN_SEND_TO_QUEUE,
+                names.SPAN_WAIT_FOR_ALL_MOTS,
+                names.SPAN_GET_CURRENT_EVENT_LOOP,
+            ]
+            + [names.SPAN_CACHE_GET] * 2
+            + [names.SPAN_CACHE_PUT]
         )
         metrics = result["metrics"]
         duration = [k for k in metrics if k.startswith("thunkscope.stream.duration")]
@@ -216,7 +220,7 @@ class TestConfigureExports:
         spans = rotel.wait_for_spans(6)
         assert {s["service_name"] for s in spans} == {"configured"}
         rotel.wait_for_point("thunkscope.stream.duration")
-        rotel.wait_for_logs(where=lambda r: r["body"] == n.LOG_STREAM_COMPLETED)
+        rotel.wait_for_logs(where=lambda r: r["body"] == names.LOG_STREAM_COMPLETED)
 
     def test_standard_environment_variables(self, rotel: RotelCollector) -> None:
         """OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME stand in for the arguments."""

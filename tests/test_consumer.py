@@ -12,8 +12,7 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 import thunkscope
-from thunkscope import _names as n
-from thunkscope import iter_queue, send_to_queue
+from thunkscope import iter_queue, names, send_to_queue
 
 HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
 
@@ -45,13 +44,13 @@ class Boom(Exception):
 
 def producer_span(telemetry: Any) -> Any:
     """The one finished send_to_queue span."""
-    (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+    (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
     return span
 
 
 def consumer_span(telemetry: Any) -> Any:
     """The one finished process_queue span."""
-    (span,) = telemetry.spans(n.SPAN_PROCESS_QUEUE)
+    (span,) = telemetry.spans(names.SPAN_PROCESS_QUEUE)
     return span
 
 
@@ -129,10 +128,10 @@ class TestSpan:
         sent, span = producer_span(telemetry), consumer_span(telemetry)
         assert span.kind is SpanKind.CONSUMER
         assert dict(span.attributes) == {
-            n.STREAM_ID: sent.attributes[n.STREAM_ID],
-            n.STREAM_NAME: "llm",
-            n.QUEUE_ITEMS: 3,
-            n.QUEUE_OUTCOME: n.OUTCOME_COMPLETED,
+            names.STREAM_ID: sent.attributes[names.STREAM_ID],
+            names.STREAM_NAME: "llm",
+            names.QUEUE_ITEMS: 3,
+            names.QUEUE_OUTCOME: names.OUTCOME_COMPLETED,
         }
         (link,) = span.links
         assert link.context == sent.get_span_context()
@@ -153,7 +152,7 @@ class TestSpan:
         span = consumer_span(telemetry)
         (link,) = span.links
         assert link.context == producer_span(telemetry).get_span_context()
-        assert span.attributes[n.STREAM_NAME] == "late"
+        assert span.attributes[names.STREAM_NAME] == "late"
 
     async def test_error(self, telemetry: Any) -> None:
         """A forwarded exception ends the span as error, with error.type and status ERROR."""
@@ -164,11 +163,11 @@ class TestSpan:
                 pass
         span = consumer_span(telemetry)
         assert dict(span.attributes) == {
-            n.STREAM_ID: producer_span(telemetry).attributes[n.STREAM_ID],
-            n.STREAM_NAME: "bad",
-            n.QUEUE_ITEMS: 1,
-            n.QUEUE_OUTCOME: n.OUTCOME_ERROR,
-            n.ERROR_TYPE: "Boom",
+            names.STREAM_ID: producer_span(telemetry).attributes[names.STREAM_ID],
+            names.STREAM_NAME: "bad",
+            names.QUEUE_ITEMS: 1,
+            names.QUEUE_OUTCOME: names.OUTCOME_ERROR,
+            names.ERROR_TYPE: "Boom",
         }
         assert span.status.status_code is StatusCode.ERROR
         assert span.status.description == "the producer forwarded Boom"
@@ -181,8 +180,8 @@ class TestSpan:
             async for _ in iter_queue(queue):
                 pass
         span = consumer_span(telemetry)
-        assert span.attributes[n.QUEUE_OUTCOME] == n.OUTCOME_ERROR
-        assert span.attributes[n.ERROR_TYPE] == "TimeoutError"
+        assert span.attributes[names.QUEUE_OUTCOME] == names.OUTCOME_ERROR
+        assert span.attributes[names.ERROR_TYPE] == "TimeoutError"
 
     async def test_aclose_is_abandoned(self, telemetry: Any) -> None:
         """A reader that stops early and closes the iterator ends the span as abandoned."""
@@ -195,8 +194,8 @@ class TestSpan:
         await iterator.aclose()
         await iterator.aclose()
         span = consumer_span(telemetry)
-        assert span.attributes[n.QUEUE_ITEMS] == 1
-        assert span.attributes[n.QUEUE_OUTCOME] == n.OUTCOME_ABANDONED
+        assert span.attributes[names.QUEUE_ITEMS] == 1
+        assert span.attributes[names.QUEUE_OUTCOME] == names.OUTCOME_ABANDONED
         assert span.status.status_code is StatusCode.UNSET
 
     async def test_async_with_is_abandoned(self, telemetry: Any) -> None:
@@ -205,7 +204,7 @@ class TestSpan:
         await send_to_queue(tokens("a", "b"), queue)
         async with iter_queue(queue) as iterator:
             assert await iterator.__anext__() == "a"
-        assert consumer_span(telemetry).attributes[n.QUEUE_OUTCOME] == n.OUTCOME_ABANDONED
+        assert consumer_span(telemetry).attributes[names.QUEUE_OUTCOME] == names.OUTCOME_ABANDONED
 
     async def test_break_without_aclose_is_abandoned(self, telemetry: Any) -> None:
         """A reader that breaks out and drops the iterator still ends the span, as abandoned."""
@@ -214,7 +213,7 @@ class TestSpan:
         async for _ in iter_queue(queue):
             break
         gc.collect()
-        assert consumer_span(telemetry).attributes[n.QUEUE_OUTCOME] == n.OUTCOME_ABANDONED
+        assert consumer_span(telemetry).attributes[names.QUEUE_OUTCOME] == names.OUTCOME_ABANDONED
 
     async def test_cancelled_reader_is_abandoned(self, telemetry: Any) -> None:
         """A reader cancelled while waiting for the next item ends the span as abandoned."""
@@ -230,7 +229,10 @@ class TestSpan:
         with pytest.raises(asyncio.CancelledError):
             await reader
         span = consumer_span(telemetry)
-        assert dict(span.attributes) == {n.QUEUE_ITEMS: 0, n.QUEUE_OUTCOME: n.OUTCOME_ABANDONED}
+        assert dict(span.attributes) == {
+            names.QUEUE_ITEMS: 0,
+            names.QUEUE_OUTCOME: names.OUTCOME_ABANDONED,
+        }
         assert span.links == ()
 
     async def test_ends_once(self, telemetry: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -243,7 +245,7 @@ class TestSpan:
         await iterator.aclose()
         del iterator
         gc.collect()
-        assert len(telemetry.spans(n.SPAN_PROCESS_QUEUE)) == 1
+        assert len(telemetry.spans(names.SPAN_PROCESS_QUEUE)) == 1
         assert "ended span" not in caplog.text
 
     async def test_never_iterated_records_nothing(self, telemetry: Any) -> None:
@@ -251,7 +253,7 @@ class TestSpan:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         iterator = iter_queue(queue)
         await iterator.aclose()
-        assert telemetry.spans(n.SPAN_PROCESS_QUEUE) == []
+        assert telemetry.spans(names.SPAN_PROCESS_QUEUE) == []
 
     async def test_log_event(self, telemetry: Any, log_events: list[dict[str, Any]]) -> None:
         """One queue.consumed event per reader, with the items, outcome and ids."""
@@ -260,13 +262,13 @@ class TestSpan:
         assert [item async for item in iter_queue(queue)] == ["a", "b"]
         span = consumer_span(telemetry)
         ctx = span.get_span_context()
-        (entry,) = [e for e in log_events if e["event"] == n.LOG_QUEUE_CONSUMED]
+        (entry,) = [e for e in log_events if e["event"] == names.LOG_QUEUE_CONSUMED]
         assert entry == {
-            "event": n.LOG_QUEUE_CONSUMED,
+            "event": names.LOG_QUEUE_CONSUMED,
             "log_level": "debug",
             "items": 2,
-            "outcome": n.OUTCOME_COMPLETED,
-            "stream_id": span.attributes[n.STREAM_ID],
+            "outcome": names.OUTCOME_COMPLETED,
+            "stream_id": span.attributes[names.STREAM_ID],
             "stream": "logged",
             "trace_id": f"{ctx.trace_id:032x}",
             "span_id": f"{ctx.span_id:016x}",

@@ -16,8 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from support.collectors import OtelTapCollector, RotelCollector
 from support.faulty import run_python
-from thunkscope import _demo, send_to_queue
-from thunkscope import _names as n
+from thunkscope import _demo, names, send_to_queue
 from thunkscope._telemetry import use_providers
 
 
@@ -96,7 +95,7 @@ class TestDemo:
         for name, count in (("first", 3), ("second", 1)):
             for _ in range(count):
                 await send_to_queue(tokens("a", "b"), asyncio.Queue(), name=name)
-        points = telemetry.points(n.STREAM_TTFI.name)
+        points = telemetry.points(names.STREAM_TTFI.name)
         assert sorted(p.count for p in points) == [1, 3]
         summary = _demo.summarize(telemetry.reader, rounds=0)
         pooled = sum(p.sum for p in points) / 4
@@ -123,20 +122,24 @@ class TestDemo:
         endpoint = rotel.grpc_endpoint if protocol == "grpc" else rotel.http_endpoint
         result = run_demo("--otlp-endpoint", endpoint, "--protocol", protocol)
         assert result.returncode == 0, result.stderr
-        spans = rotel.wait_for_spans(count=10, name=n.SPAN_SEND_TO_QUEUE)
+        spans = rotel.wait_for_spans(count=10, name=names.SPAN_SEND_TO_QUEUE)
         assert {s["service_name"] for s in spans} == {"thunkscope-demo"}
         assert {s["kind"] for s in spans} == {"PRODUCER"}
-        outcomes = {s["attributes"][n.STREAM_OUTCOME] for s in spans}
+        outcomes = {s["attributes"][names.STREAM_OUTCOME] for s in spans}
         assert outcomes == {"completed", "error", "timeout"}
-        timed_out = [s for s in spans if s["attributes"][n.STREAM_OUTCOME] == "timeout"]
+        timed_out = [s for s in spans if s["attributes"][names.STREAM_OUTCOME] == "timeout"]
         assert timed_out[0]["status"] == "ERROR"
-        assert n.EVENT_STALLED in timed_out[0]["event_names"]
-        assert rotel.spans_named(n.SPAN_CACHE_GET)
-        assert rotel.spans_named(n.SPAN_WAIT_FOR_ALL_MOTS)
-        evictions = rotel.wait_for_point(n.CACHE_EVICTIONS.name, {n.CACHE_NAME: "demo-llm-clients"})
+        assert names.EVENT_STALLED in timed_out[0]["event_names"]
+        assert rotel.spans_named(names.SPAN_CACHE_GET)
+        assert rotel.spans_named(names.SPAN_WAIT_FOR_ALL_MOTS)
+        evictions = rotel.wait_for_point(
+            names.CACHE_EVICTIONS.name, {names.CACHE_NAME: "demo-llm-clients"}
+        )
         assert evictions["value"] == 1
         assert evictions["monotonic"] is True
-        durations = rotel.wait_for_point(n.STREAM_DURATION.name, {n.STREAM_OUTCOME: "timeout"})
+        durations = rotel.wait_for_point(
+            names.STREAM_DURATION.name, {names.STREAM_OUTCOME: "timeout"}
+        )
         assert (durations["type"], durations["unit"], durations["count"]) == ("Histogram", "s", 1)
         logs = rotel.wait_for_logs(count=1, where=lambda log: log["body"] == "stream.timed_out")
         (timeout_span,) = timed_out
@@ -173,19 +176,19 @@ class TestConfigure:
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             },
         )
-        (span,) = rotel.wait_for_spans(count=1, name=n.SPAN_SEND_TO_QUEUE)
+        (span,) = rotel.wait_for_spans(count=1, name=names.SPAN_SEND_TO_QUEUE)
         assert span["service_name"] == "cfg-service"
         assert span["resource"]["deployment.environment"] == "test"
         assert span["scope_name"] == "thunkscope"
         hits = rotel.wait_for_point(
-            n.CACHE_LOOKUPS.name, {n.CACHE_NAME: "cfg-cache", n.CACHE_RESULT: "hit"}
+            names.CACHE_LOOKUPS.name, {names.CACHE_NAME: "cfg-cache", names.CACHE_RESULT: "hit"}
         )
         assert hits["value"] == 1
         logs = rotel.wait_for_logs(count=3, where=lambda log: log["body"].startswith("stream."))
         assert [log["body"] for log in logs] == [
-            n.LOG_STREAM_STARTED,
-            n.LOG_STREAM_FIRST_ITEM,
-            n.LOG_STREAM_COMPLETED,
+            names.LOG_STREAM_STARTED,
+            names.LOG_STREAM_FIRST_ITEM,
+            names.LOG_STREAM_COMPLETED,
         ]
         assert {log["trace_id"] for log in logs} == {span["trace_id"]}
 
@@ -204,9 +207,9 @@ class TestConfigure:
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             },
         )
-        (span,) = rotel.wait_for_spans(count=1, name=n.SPAN_SEND_TO_QUEUE)
+        (span,) = rotel.wait_for_spans(count=1, name=names.SPAN_SEND_TO_QUEUE)
         assert span["service_name"] == "grpc-service"
-        assert span["attributes"][n.STREAM_MODE] == n.MODE_SINGLE
+        assert span["attributes"][names.STREAM_MODE] == names.MODE_SINGLE
 
 
 async def tokens(*items: str) -> AsyncIterator[str]:
@@ -227,25 +230,27 @@ class TestExactExport:
                 )
             finally:
                 use_providers()
-            (span,) = await tap.wait_for_spans(count=1, name=n.SPAN_SEND_TO_QUEUE)
+            (span,) = await tap.wait_for_spans(count=1, name=names.SPAN_SEND_TO_QUEUE)
             provider.shutdown()
         attributes: dict[str, Any] = span["attributes"]
         assert set(attributes) == {
-            n.STREAM_ID,
-            n.STREAM_NAME,
-            n.STREAM_MODE,
-            n.STREAM_ITEMS,
-            n.STREAM_OUTCOME,
-            n.STREAM_TIME_TO_FIRST_ITEM,
-            n.STREAM_MAX_ITEM_GAP,
-            n.STREAM_PUT_WAIT,
+            names.STREAM_ID,
+            names.STREAM_NAME,
+            names.STREAM_MODE,
+            names.STREAM_ITEMS,
+            names.STREAM_OUTCOME,
+            names.STREAM_TIME_TO_FIRST_ITEM,
+            names.STREAM_MAX_ITEM_GAP,
+            names.STREAM_PUT_WAIT,
         }
-        assert {k: attributes[k] for k in (n.STREAM_NAME, n.STREAM_MODE, n.STREAM_ITEMS)} == {
-            n.STREAM_NAME: "exact",
-            n.STREAM_MODE: "iterator",
-            n.STREAM_ITEMS: 2,
+        assert {
+            k: attributes[k] for k in (names.STREAM_NAME, names.STREAM_MODE, names.STREAM_ITEMS)
+        } == {
+            names.STREAM_NAME: "exact",
+            names.STREAM_MODE: "iterator",
+            names.STREAM_ITEMS: 2,
         }
-        assert attributes[n.STREAM_OUTCOME] == "completed"
+        assert attributes[names.STREAM_OUTCOME] == "completed"
         assert span["kind"] == "PRODUCER"
-        assert span["event_names"] == [n.EVENT_FIRST_ITEM, n.EVENT_SENTINEL]
+        assert span["event_names"] == [names.EVENT_FIRST_ITEM, names.EVENT_SENTINEL]
         assert "tok-" not in json.dumps(span)

@@ -16,9 +16,8 @@ import structlog
 
 from conftest import Counted
 from support.faulty import run_python
-from thunkscope import ClientCache
+from thunkscope import ClientCache, names
 from thunkscope import _events as events
-from thunkscope import _names as n
 
 
 @pytest.fixture
@@ -83,7 +82,7 @@ class TestStructlogLevels:
             wrapper_class=structlog.stdlib.BoundLogger,
             logger_factory=structlog.stdlib.LoggerFactory(),
         )
-        logger = logging.getLogger(n.LOGGER_NAME)
+        logger = logging.getLogger(names.LOGGER_NAME)
         saved = logger.level
         try:
             logger.setLevel(logging.INFO)
@@ -122,7 +121,7 @@ class TestFilteredEventsCostNothing:
         assert captured == []
         assert trace_context.calls == 0
         assert cache.get("b") is None  # a miss, at info, is logged
-        assert [e["event"] for e in captured] == [n.LOG_CACHE_MISS]
+        assert [e["event"] for e in captured] == [names.LOG_CACHE_MISS]
 
 
 class TestStructlogStateIsOnlyRead:
@@ -155,4 +154,4 @@ class TestStructlogStateIsOnlyRead:
         finally:
             structlog.reset_defaults()
         assert cache.get("a") == 1  # structlog reset: the hit is not logged through it
-        assert [e["event"] for e in capture.entries] == [n.LOG_CACHE_HIT]
+        assert [e["event"] for e in capture.entries] == [names.LOG_CACHE_HIT]

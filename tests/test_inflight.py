@@ -15,8 +15,7 @@ import pytest
 
 import thunkscope
 from conftest import AtLeast
-from thunkscope import _names as n
-from thunkscope import _watch, inflight, send_to_queue
+from thunkscope import _watch, inflight, names, send_to_queue
 
 HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
 
@@ -93,8 +92,8 @@ class TestSnapshot:
         assert stack[-2].startswith(f"{__file__}:")
         release.set()
         await task
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        assert span.attributes[n.STREAM_ID] == snapshot["stream_id"]
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        assert span.attributes[names.STREAM_ID] == snapshot["stream_id"]
 
     async def test_is_plain_json(self) -> None:
         """Snapshots survive a JSON round trip unchanged."""

@@ -29,8 +29,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import BrokenMeterProvider, events_of, in_memory_providers
 from support.fake_openai import FakeOpenAI
-from thunkscope import _names as n
-from thunkscope import _telemetry
+from thunkscope import _telemetry, names
 from thunkscope.instrumentation import MelleaInstrumentor
 from thunkscope.instrumentation import _ids as ids
 from thunkscope.instrumentation._mellea import INSTALL_HINT
@@ -105,8 +104,8 @@ def _is_08() -> bool:
 def _options(**extra: Any) -> dict[Any, Any]:
     from mellea.backends import ModelOption
 
-    names = {"stream": ModelOption.STREAM, "timeout": ModelOption.STREAM_TIMEOUT}
-    return {ModelOption.STREAM: True, **{names[k]: v for k, v in extra.items()}}
+    options = {"stream": ModelOption.STREAM, "timeout": ModelOption.STREAM_TIMEOUT}
+    return {ModelOption.STREAM: True, **{options[k]: v for k, v in extra.items()}}
 
 
 def _wait_spans(telemetry: Any, name: str, count: int = 1) -> list[ReadableSpan]:
@@ -123,18 +122,18 @@ def _stream_attributes(span: ReadableSpan, **expected: Any) -> dict[str, Any]:
     """The attributes a mellea stream span must have: fixed ones given, measured ones taken."""
     attributes = dict(span.attributes or {})
     whole = {
-        n.STREAM_NAME: "mellea.openai",
-        n.STREAM_ID: attributes.get(n.STREAM_ID),
+        names.STREAM_NAME: "mellea.openai",
+        names.STREAM_ID: attributes.get(names.STREAM_ID),
         ids.REQUEST_ID: attributes.get(ids.REQUEST_ID),
         ids.MODEL: "fake-model",
-        n.STREAM_MAX_ITEM_GAP: attributes.get(n.STREAM_MAX_ITEM_GAP),
-        n.STREAM_PUT_WAIT: 0.0,
+        names.STREAM_MAX_ITEM_GAP: attributes.get(names.STREAM_MAX_ITEM_GAP),
+        names.STREAM_PUT_WAIT: 0.0,
         **expected,
     }
     if _is_08():
         whole[ids.GENERATION_ID] = attributes.get(ids.GENERATION_ID)
-    if n.STREAM_TIME_TO_FIRST_ITEM in attributes:
-        whole[n.STREAM_TIME_TO_FIRST_ITEM] = attributes[n.STREAM_TIME_TO_FIRST_ITEM]
+    if names.STREAM_TIME_TO_FIRST_ITEM in attributes:
+        whole[names.STREAM_TIME_TO_FIRST_ITEM] = attributes[names.STREAM_TIME_TO_FIRST_ITEM]
     return whole
 
 
@@ -388,44 +387,47 @@ class TestStreams:
         """A streamed reply is one PRODUCER span with mellea's ids, metrics and a completed log."""
         reply = session.chat("say hello", model_options=_options())
         assert reply.content == "Hello, world!"
-        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        (span,) = _wait_spans(telemetry, names.SPAN_SEND_TO_QUEUE)
         assert span.kind == SpanKind.PRODUCER
         assert span.status.status_code == StatusCode.UNSET
         # four content chunks, the stop chunk and the usage chunk
         assert dict(span.attributes or {}) == _stream_attributes(
             span,
             **{
-                n.STREAM_ITEMS: 6,
-                n.STREAM_OUTCOME: "completed",
-                n.STREAM_MODE: "iterator",
+                names.STREAM_ITEMS: 6,
+                names.STREAM_OUTCOME: "completed",
+                names.STREAM_MODE: "iterator",
             },
         )
         attributes = dict(span.attributes or {})
         assert len(attributes[ids.REQUEST_ID]) == 32
-        assert attributes[n.STREAM_TIME_TO_FIRST_ITEM] > 0
-        assert [name for name, _ in events_of(span)] == [n.EVENT_FIRST_ITEM, n.EVENT_SENTINEL]
-        assert events_of(span)[-1] == (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 6})
+        assert attributes[names.STREAM_TIME_TO_FIRST_ITEM] > 0
+        assert [name for name, _ in events_of(span)] == [
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_SENTINEL,
+        ]
+        assert events_of(span)[-1] == (names.EVENT_SENTINEL, {names.STREAM_ITEMS: 6})
 
-        label = {n.STREAM_NAME: "mellea.openai"}
+        label = {names.STREAM_NAME: "mellea.openai"}
         duration = _point_value(
-            telemetry, n.STREAM_DURATION.name, **label, **{n.STREAM_OUTCOME: "completed"}
+            telemetry, names.STREAM_DURATION.name, **label, **{names.STREAM_OUTCOME: "completed"}
         )
         assert duration is not None
         assert duration.count == 1
-        items = _point_value(telemetry, n.STREAM_ITEM_COUNT.name, **label)
+        items = _point_value(telemetry, names.STREAM_ITEM_COUNT.name, **label)
         assert (items.count, items.sum) == (1, 6)
 
-        (done,) = [e for e in merged_logs if e["event"] == n.LOG_STREAM_COMPLETED]
+        (done,) = [e for e in merged_logs if e["event"] == names.LOG_STREAM_COMPLETED]
         context = span.get_span_context()
         assert done["log_level"] == "info"
-        assert done["stream_id"] == attributes[n.STREAM_ID]
+        assert done["stream_id"] == attributes[names.STREAM_ID]
         assert done["stream"] == "mellea.openai"
         assert done["items"] == 6
         assert done["trace_id"] == f"{context.trace_id:032x}"
         assert done["span_id"] == f"{context.span_id:016x}"
         assert done["mellea_request_id"] == attributes[ids.REQUEST_ID]
         assert done["model"] == "fake-model"
-        (started,) = [e for e in merged_logs if e["event"] == n.LOG_STREAM_STARTED]
+        (started,) = [e for e in merged_logs if e["event"] == names.LOG_STREAM_STARTED]
         assert started["mellea_request_id"] == attributes[ids.REQUEST_ID]
         if _is_08():
             assert started["mellea_generation_id"] == attributes[ids.GENERATION_ID]
@@ -435,22 +437,24 @@ class TestStreams:
         _telemetry.telemetry.settings.stall_after = 0.1
         reply = session.chat("hello [stall:0.35]", model_options=_options())
         assert reply.content == "Hello, world!"
-        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        (span,) = _wait_spans(telemetry, names.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
-            n.EVENT_FIRST_ITEM,
-            n.EVENT_STALLED,
-            n.EVENT_RESUMED,
-            n.EVENT_SENTINEL,
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_STALLED,
+            names.EVENT_RESUMED,
+            names.EVENT_SENTINEL,
         ]
         stalled = dict(events_of(span)[1][1])
-        assert stalled[n.STREAM_ITEMS] == 1
+        assert stalled[names.STREAM_ITEMS] == 1
         assert stalled["thunkscope.stream.gap"] >= 0.1
         resumed = dict(events_of(span)[2][1])
         assert resumed["thunkscope.stream.gap"] >= 0.3
-        assert dict(span.attributes or {})[n.STREAM_OUTCOME] == "completed"
-        assert dict(span.attributes or {})[n.STREAM_MAX_ITEM_GAP] >= 0.3
-        assert _sum(telemetry, n.STREAM_STALLS.name, **{n.STREAM_NAME: "mellea.openai"}) == 1
-        (warning,) = [e for e in merged_logs if e["event"] == n.LOG_STREAM_STALLED]
+        assert dict(span.attributes or {})[names.STREAM_OUTCOME] == "completed"
+        assert dict(span.attributes or {})[names.STREAM_MAX_ITEM_GAP] >= 0.3
+        assert (
+            _sum(telemetry, names.STREAM_STALLS.name, **{names.STREAM_NAME: "mellea.openai"}) == 1
+        )
+        (warning,) = [e for e in merged_logs if e["event"] == names.LOG_STREAM_STALLED]
         assert warning["log_level"] == "warning"
         assert warning["stream"] == "mellea.openai"
         assert warning["items"] == 1
@@ -463,7 +467,7 @@ class TestStreams:
         with pytest.raises(TimeoutError) as info:
             session.chat(f"hello [stall:{HANG}]", model_options=_options(timeout=STREAM_TIMEOUT))
         assert str(info.value) == MELLEA_TIMEOUT_MESSAGE
-        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        (span,) = _wait_spans(telemetry, names.SPAN_SEND_TO_QUEUE)
         assert span.status.status_code == StatusCode.ERROR
         assert span.status.description == (
             f"no item from the backend within chunk_timeout={STREAM_TIMEOUT}s"
@@ -471,23 +475,23 @@ class TestStreams:
         assert dict(span.attributes or {}) == _stream_attributes(
             span,
             **{
-                n.STREAM_ITEMS: 1,
-                n.STREAM_OUTCOME: "timeout",
-                n.STREAM_MODE: "iterator",
-                n.ERROR_TYPE: "TimeoutError",
+                names.STREAM_ITEMS: 1,
+                names.STREAM_OUTCOME: "timeout",
+                names.STREAM_MODE: "iterator",
+                names.ERROR_TYPE: "TimeoutError",
             },
         )
         assert events_of(span) == [
-            (n.EVENT_FIRST_ITEM, {}),
-            (n.EVENT_TIMEOUT, {"thunkscope.stream.chunk_timeout": STREAM_TIMEOUT}),
+            (names.EVENT_FIRST_ITEM, {}),
+            (names.EVENT_TIMEOUT, {"thunkscope.stream.chunk_timeout": STREAM_TIMEOUT}),
         ]
         labels = {
-            n.STREAM_NAME: "mellea.openai",
-            n.STREAM_OUTCOME: "timeout",
-            n.ERROR_TYPE: "TimeoutError",
+            names.STREAM_NAME: "mellea.openai",
+            names.STREAM_OUTCOME: "timeout",
+            names.ERROR_TYPE: "TimeoutError",
         }
-        assert _point_value(telemetry, n.STREAM_DURATION.name, **labels).count == 1
-        (timed_out,) = [e for e in merged_logs if e["event"] == n.LOG_STREAM_TIMED_OUT]
+        assert _point_value(telemetry, names.STREAM_DURATION.name, **labels).count == 1
+        (timed_out,) = [e for e in merged_logs if e["event"] == names.LOG_STREAM_TIMED_OUT]
         assert timed_out["log_level"] == "error"
         assert timed_out["error_type"] == "TimeoutError"
 
@@ -497,15 +501,17 @@ class TestStreams:
 
         with pytest.raises(openai.InternalServerError):
             session.chat("hello [fail:500]", model_options=_options())
-        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        (span,) = _wait_spans(telemetry, names.SPAN_SEND_TO_QUEUE)
         assert span.status.status_code == StatusCode.ERROR
         assert span.status.description == "backend raised InternalServerError"
         attributes = dict(span.attributes or {})
-        assert attributes[n.STREAM_OUTCOME] == "error"
-        assert attributes[n.ERROR_TYPE] == "InternalServerError"
-        assert attributes[n.STREAM_ITEMS] == 0
-        assert n.STREAM_MODE not in attributes
-        assert events_of(span) == [(n.EVENT_ERROR_FORWARDED, {n.ERROR_TYPE: "InternalServerError"})]
+        assert attributes[names.STREAM_OUTCOME] == "error"
+        assert attributes[names.ERROR_TYPE] == "InternalServerError"
+        assert attributes[names.STREAM_ITEMS] == 0
+        assert names.STREAM_MODE not in attributes
+        assert events_of(span) == [
+            (names.EVENT_ERROR_FORWARDED, {names.ERROR_TYPE: "InternalServerError"})
+        ]
 
     def test_broken_stream_is_forwarded(self, session: Any, telemetry: Any) -> None:
         """A stream cut mid-body is an error after the items that got through."""
@@ -513,14 +519,14 @@ class TestStreams:
 
         with pytest.raises(openai.APIConnectionError):
             session.chat("hello [fail-midstream@2]", model_options=_options())
-        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        (span,) = _wait_spans(telemetry, names.SPAN_SEND_TO_QUEUE)
         attributes = dict(span.attributes or {})
-        assert attributes[n.STREAM_OUTCOME] == "error"
-        assert attributes[n.STREAM_ITEMS] == 2
-        assert attributes[n.STREAM_MODE] == "iterator"
+        assert attributes[names.STREAM_OUTCOME] == "error"
+        assert attributes[names.STREAM_ITEMS] == 2
+        assert attributes[names.STREAM_MODE] == "iterator"
         assert [name for name, _ in events_of(span)] == [
-            n.EVENT_FIRST_ITEM,
-            n.EVENT_ERROR_FORWARDED,
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_ERROR_FORWARDED,
         ]
 
     def test_parent_is_the_callers_span(self, session: Any, telemetry: Any) -> None:
@@ -528,7 +534,7 @@ class TestStreams:
         tracer = telemetry.tracer_provider.get_tracer("app")
         with tracer.start_as_current_span("app.request") as parent:
             session.chat("hello", model_options=_options())
-        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        (span,) = _wait_spans(telemetry, names.SPAN_SEND_TO_QUEUE)
         assert span.parent is not None
         assert span.parent.span_id == parent.get_span_context().span_id
         assert span.context.trace_id == parent.get_span_context().trace_id
@@ -545,10 +551,10 @@ class TestStreams:
                     mellea_session.chat("hello", model_options=_options())
             finally:
                 instrumentor.uninstrument()
-        names = {span.name for span in exporter.get_finished_spans()}
-        assert n.SPAN_SEND_TO_QUEUE in names
+        finished = {span.name for span in exporter.get_finished_spans()}
+        assert names.SPAN_SEND_TO_QUEUE in finished
         # mellea 0.8 looks its client up with get_or_create, 0.7 with get.
-        assert (n.SPAN_CACHE_GET_OR_CREATE if _is_08() else n.SPAN_CACHE_GET) in names
+        assert (names.SPAN_CACHE_GET_OR_CREATE if _is_08() else names.SPAN_CACHE_GET) in finished
         metrics = reader.get_metrics_data()
         assert metrics is not None
         collected = {
@@ -557,7 +563,7 @@ class TestStreams:
             for scope in resource.scope_metrics
             for metric in scope.metrics
         }
-        assert n.STREAM_DURATION.name in collected
+        assert names.STREAM_DURATION.name in collected
         assert _telemetry.telemetry.own_providers is False  # uninstrument() let them go
 
     def test_inflight_shows_a_stalled_mellea_stream(self, session: Any, telemetry: Any) -> None:
@@ -586,7 +592,7 @@ class TestStreams:
         assert snapshot["items"] == 1
         assert snapshot["backend_type"] == "AsyncStream"
         assert replies[0].content == "Hello, world!"
-        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        (span,) = _wait_spans(telemetry, names.SPAN_SEND_TO_QUEUE)
         assert span.context is not None
         assert snapshot["trace_id"] == f"{span.context.trace_id:032x}"
         assert thunkscope.inflight() == []
@@ -617,9 +623,9 @@ class TestStreams:
         finally:
             instrumentor.uninstrument()
             logger_provider.shutdown()
-        (span,) = _wait_spans(telemetry, n.SPAN_SEND_TO_QUEUE)
+        (span,) = _wait_spans(telemetry, names.SPAN_SEND_TO_QUEUE)
         records = [r.log_record for r in exporter.get_finished_logs()]
-        (record,) = [r for r in records if r.body == n.LOG_STREAM_ERROR_FORWARDED]
+        (record,) = [r for r in records if r.body == names.LOG_STREAM_ERROR_FORWARDED]
         assert record.severity_text == "WARNING"
         assert record.trace_id == span.context.trace_id
         assert record.span_id == span.context.span_id
@@ -693,11 +699,11 @@ class TestClientCache:
         _close_dropped(backend, seen)
 
         if _is_08():
-            spans = telemetry.spans(n.SPAN_CACHE_GET_OR_CREATE)
+            spans = telemetry.spans(names.SPAN_CACHE_GET_OR_CREATE)
             results = [
                 (
-                    dict(s.attributes or {})[n.CACHE_RESULT],
-                    dict(s.attributes or {})[n.CACHE_EVICTED],
+                    dict(s.attributes or {})[names.CACHE_RESULT],
+                    dict(s.attributes or {})[names.CACHE_EVICTED],
                 )
                 for s in spans
             ]
@@ -710,36 +716,36 @@ class TestClientCache:
                 ("miss", True),
             ]
         else:
-            gets = [_attr(s, n.CACHE_RESULT) for s in telemetry.spans(n.SPAN_CACHE_GET)]
-            puts = [_attr(s, n.CACHE_EVICTED) for s in telemetry.spans(n.SPAN_CACHE_PUT)]
+            gets = [_attr(s, names.CACHE_RESULT) for s in telemetry.spans(names.SPAN_CACHE_GET)]
+            puts = [_attr(s, names.CACHE_EVICTED) for s in telemetry.spans(names.SPAN_CACHE_PUT)]
             assert gets == ["miss", "miss", "hit", "miss", "miss"]
             assert puts == [False, False, True, True]
-            spans = telemetry.spans(n.SPAN_CACHE_PUT)
-        evicting = [s for s in spans if dict(s.attributes or {})[n.CACHE_EVICTED]]
+            spans = telemetry.spans(names.SPAN_CACHE_PUT)
+        evicting = [s for s in spans if dict(s.attributes or {})[names.CACHE_EVICTED]]
         assert all(
-            events_of(s) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: "mellea.openai"})]
+            events_of(s) == [(names.EVENT_CACHE_EVICTED, {names.CACHE_NAME: "mellea.openai"})]
             for s in evicting
         )
-        assert all(dict(s.attributes or {})[n.CACHE_NAME] == "mellea.openai" for s in spans)
-        assert [dict(s.attributes or {})[n.CACHE_SIZE] for s in spans][-2:] == [2, 2]
+        assert all(dict(s.attributes or {})[names.CACHE_NAME] == "mellea.openai" for s in spans)
+        assert [dict(s.attributes or {})[names.CACHE_SIZE] for s in spans][-2:] == [2, 2]
 
         logged = [e["event"] for e in merged_logs if e["event"].startswith("cache.")]
-        assert logged.count(n.LOG_CACHE_EVICTED) == 2
-        assert logged.count(n.LOG_CACHE_MISS) == 4
-        assert logged.count(n.LOG_CACHE_HIT) == 1
-        evicted = [e for e in merged_logs if e["event"] == n.LOG_CACHE_EVICTED]
+        assert logged.count(names.LOG_CACHE_EVICTED) == 2
+        assert logged.count(names.LOG_CACHE_MISS) == 4
+        assert logged.count(names.LOG_CACHE_HIT) == 1
+        evicted = [e for e in merged_logs if e["event"] == names.LOG_CACHE_EVICTED]
         assert all(e["log_level"] == "info" and e["cache"] == "mellea.openai" for e in evicted)
 
     def test_cache_metrics(self, session: Any, telemetry: Any) -> None:
         """Lookups by result, evictions and the entry gauges count the backend's cache."""
-        name = {n.CACHE_NAME: "mellea.openai"}
+        name = {names.CACHE_NAME: "mellea.openai"}
         gc.collect()  # caches of earlier tests' sessions leave the gauges
 
         def counts() -> tuple[int, int, int]:
             return (
-                _sum(telemetry, n.CACHE_LOOKUPS.name, **name, **{n.CACHE_RESULT: "hit"}),
-                _sum(telemetry, n.CACHE_LOOKUPS.name, **name, **{n.CACHE_RESULT: "miss"}),
-                _sum(telemetry, n.CACHE_EVICTIONS.name, **name),
+                _sum(telemetry, names.CACHE_LOOKUPS.name, **name, **{names.CACHE_RESULT: "hit"}),
+                _sum(telemetry, names.CACHE_LOOKUPS.name, **name, **{names.CACHE_RESULT: "miss"}),
+                _sum(telemetry, names.CACHE_EVICTIONS.name, **name),
             )
 
         before = counts()
@@ -758,8 +764,8 @@ class TestClientCache:
         mine = session.backend._client_cache
         assert (mine.capacity, mine.current_size()) == (2, 2)
         gc.collect()  # only this session's cache is left to count
-        limit = _point_value(telemetry, n.CACHE_ENTRY_LIMIT.name, **name).value
-        count = _point_value(telemetry, n.CACHE_ENTRY_COUNT.name, **name).value
+        limit = _point_value(telemetry, names.CACHE_ENTRY_LIMIT.name, **name).value
+        count = _point_value(telemetry, names.CACHE_ENTRY_COUNT.name, **name).value
         assert (limit, count) == (2, 2)
 
 
@@ -846,15 +852,15 @@ class TestDirectCalls:
         expected = await _run(original, SCRIPTS[script](), chunk_timeout=0.15)
         observed = await _run(wrapped, SCRIPTS[script](), chunk_timeout=0.15)
         assert observed == expected
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        outcome = dict(span.attributes or {})[n.STREAM_OUTCOME]
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        outcome = dict(span.attributes or {})[names.STREAM_OUTCOME]
         if expected[-1] is None:
             assert outcome == "completed"
         elif script == "stall past chunk_timeout":
             assert outcome == "timeout"
         else:
             assert outcome == "error"
-        assert dict(span.attributes or {})[n.STREAM_NAME] == "mellea"
+        assert dict(span.attributes or {})[names.STREAM_NAME] == "mellea"
 
     async def test_instruments_failing_at_stream_start(
         self, instrumented: MelleaInstrumentor, telemetry: Any
@@ -874,8 +880,8 @@ class TestDirectCalls:
         assert seen == ["a", "b", "c", None]
         assert trace_api.get_current_span() is before
         assert [s for s in inflight() if s["name"] == "mellea"] == []
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        assert dict(span.attributes or {})[n.STREAM_OUTCOME] == "completed"
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        assert dict(span.attributes or {})[names.STREAM_OUTCOME] == "completed"
 
     @pytest.mark.mellea08
     async def test_old_convention_on_08_fails_as_mellea_does(
@@ -890,10 +896,10 @@ class TestDirectCalls:
             await async_helpers.send_to_queue(co, queue)
         co.close()  # mellea leaves it un-awaited; so does the wrapper
         assert queue.empty()
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         attributes = dict(span.attributes or {})
-        assert attributes[n.STREAM_OUTCOME] == "error"
-        assert attributes[n.ERROR_TYPE] == "AttributeError"
+        assert attributes[names.STREAM_OUTCOME] == "error"
+        assert attributes[names.ERROR_TYPE] == "AttributeError"
         assert events_of(span) == []
 
     async def test_put_wait_on_a_full_queue(
@@ -918,12 +924,12 @@ class TestDirectCalls:
             seen.append(item)
         await task
         assert seen == ["a", "b", "c"]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         attributes = dict(span.attributes or {})
-        assert attributes[n.STREAM_PUT_WAIT] >= 2 * slow
+        assert attributes[names.STREAM_PUT_WAIT] >= 2 * slow
         # Each blocked put lasted about `slow`; none of it may count as a gap between items.
-        assert attributes[n.STREAM_MAX_ITEM_GAP] < slow / 2
-        assert attributes[n.STREAM_OUTCOME] == "completed"
+        assert attributes[names.STREAM_MAX_ITEM_GAP] < slow / 2
+        assert attributes[names.STREAM_OUTCOME] == "completed"
 
     async def test_cancelled_producer(
         self, instrumented: MelleaInstrumentor, telemetry: Any
@@ -941,11 +947,11 @@ class TestDirectCalls:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         attributes = dict(span.attributes or {})
-        assert attributes[n.STREAM_OUTCOME] == "cancelled"
+        assert attributes[names.STREAM_OUTCOME] == "cancelled"
         assert span.status.status_code == StatusCode.UNSET
-        assert n.ERROR_TYPE not in attributes
+        assert names.ERROR_TYPE not in attributes
 
     async def test_wait_for_all_mots(
         self, instrumented: MelleaInstrumentor, telemetry: Any
@@ -965,10 +971,10 @@ class TestDirectCalls:
 
         await async_helpers.wait_for_all_mots([Thunk(0), Thunk(1), Thunk(2)])
         assert sorted(awaited) == [0, 1, 2]
-        (span,) = telemetry.spans(n.SPAN_WAIT_FOR_ALL_MOTS)
+        (span,) = telemetry.spans(names.SPAN_WAIT_FOR_ALL_MOTS)
         assert dict(span.attributes or {}) == {
-            n.GATHER_SIZE: 3,
-            n.GATHER_OUTCOME: "completed",
+            names.GATHER_SIZE: 3,
+            names.GATHER_OUTCOME: "completed",
         }
 
     def test_get_current_event_loop(self, instrumented: MelleaInstrumentor, telemetry: Any) -> None:
@@ -982,8 +988,8 @@ class TestDirectCalls:
 
         assert asyncio.run(inside()) is True
         found = [
-            dict(s.attributes or {})[n.EVENT_LOOP_FOUND]
-            for s in telemetry.spans(n.SPAN_GET_CURRENT_EVENT_LOOP)
+            dict(s.attributes or {})[names.EVENT_LOOP_FOUND]
+            for s in telemetry.spans(names.SPAN_GET_CURRENT_EVENT_LOOP)
         ]
         assert found == [False, True]
 
@@ -1063,20 +1069,20 @@ class TestAutoInstrumentation:
     ) -> None:
         """The program's streams and cache lookups arrive at rotel as thunkscope spans."""
         self._run(tmp_path, rotel, fake_openai.base_url)
-        (stream,) = rotel.wait_for_spans(1, name=n.SPAN_SEND_TO_QUEUE)
+        (stream,) = rotel.wait_for_spans(1, name=names.SPAN_SEND_TO_QUEUE)
         assert stream["service_name"] == "mellea-app"
         assert stream["scope_name"] == "thunkscope"
         assert stream["kind"] == "PRODUCER"
-        assert stream["attributes"][n.STREAM_NAME] == "mellea.openai"
-        assert stream["attributes"][n.STREAM_OUTCOME] == "completed"
+        assert stream["attributes"][names.STREAM_NAME] == "mellea.openai"
+        assert stream["attributes"][names.STREAM_OUTCOME] == "completed"
         assert stream["attributes"][ids.MODEL] == "fake-model"
         assert len(stream["attributes"][ids.SESSION_ID]) > 0
-        cache_span = n.SPAN_CACHE_GET_OR_CREATE if _is_08() else n.SPAN_CACHE_GET
+        cache_span = names.SPAN_CACHE_GET_OR_CREATE if _is_08() else names.SPAN_CACHE_GET
         lookups = rotel.wait_for_spans(2, name=cache_span)
-        assert {s["attributes"][n.CACHE_NAME] for s in lookups} == {"mellea.openai"}
+        assert {s["attributes"][names.CACHE_NAME] for s in lookups} == {"mellea.openai"}
         rotel.wait_for_point(
-            n.STREAM_DURATION.name,
-            {n.STREAM_NAME: "mellea.openai", n.STREAM_OUTCOME: "completed"},
+            names.STREAM_DURATION.name,
+            {names.STREAM_NAME: "mellea.openai", names.STREAM_OUTCOME: "completed"},
         )
 
     def test_children_of_mellea_session_span(
@@ -1084,7 +1090,7 @@ class TestAutoInstrumentation:
     ) -> None:
         """With mellea's own tracing on, the producer span is a child of mellea's session span."""
         self._run(tmp_path, rotel, fake_openai.base_url, **MELLEA_OWN_TRACING)
-        (stream,) = rotel.wait_for_spans(1, name=n.SPAN_SEND_TO_QUEUE)
+        (stream,) = rotel.wait_for_spans(1, name=names.SPAN_SEND_TO_QUEUE)
         (mellea_session,) = rotel.wait_for_spans(1, name="session")
         assert mellea_session["scope_name"] == "mellea.application"
         assert stream["trace_id"] == mellea_session["trace_id"]

@@ -17,7 +17,7 @@ import pytest
 
 from support.collectors import RotelCollector
 from support.faulty import run_python
-from thunkscope import _names as n
+from thunkscope import names
 
 STREAMS = 1_000
 ITEMS = 1_000
@@ -94,11 +94,12 @@ class TestThousandStreams:
         )
         # Every item arrived in order (asserted by each consumer) and nothing is left running.
         assert result["inflight"] == 0
-        spans = rotel.wait_for_spans(2 * STREAMS, name=n.SPAN_SEND_TO_QUEUE, timeout=30)
+        spans = rotel.wait_for_spans(2 * STREAMS, name=names.SPAN_SEND_TO_QUEUE, timeout=30)
         assert len(spans) == 2 * STREAMS  # two runs with telemetry on: no span lost or doubled
         assert {
-            (s["attributes"][n.STREAM_OUTCOME], s["attributes"][n.STREAM_ITEMS]) for s in spans
-        } == {(n.OUTCOME_COMPLETED, ITEMS)}
+            (s["attributes"][names.STREAM_OUTCOME], s["attributes"][names.STREAM_ITEMS])
+            for s in spans
+        } == {(names.OUTCOME_COMPLETED, ITEMS)}
         assert len({s["span_id"] for s in spans}) == 2 * STREAMS
         fastest_on = min(result["on"], result["on_again"])
         assert fastest_on <= LOAD_SLOWDOWN_LIMIT * result["off"], result

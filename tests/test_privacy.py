@@ -19,8 +19,7 @@ import pytest
 from conftest import Telemetry
 from support.collectors import RotelCollector
 from support.faulty import run_python
-from thunkscope import _names as n
-from thunkscope import _telemetry, send_to_queue, wait_for_all_mots
+from thunkscope import _telemetry, names, send_to_queue, wait_for_all_mots
 
 SECRET = "HUSH7x9q"
 
@@ -138,11 +137,11 @@ class TestNothingLeaksByDefault:
         assert SECRET not in output
         # ...and the search was not vacuous: every signal of every helper arrived.
         assert {s["name"] for s in rotel.spans()} == {
-            n.SPAN_SEND_TO_QUEUE,
-            n.SPAN_WAIT_FOR_ALL_MOTS,
-            n.SPAN_CACHE_GET,
-            n.SPAN_CACHE_PUT,
-            n.SPAN_GET_CURRENT_EVENT_LOOP,
+            names.SPAN_SEND_TO_QUEUE,
+            names.SPAN_WAIT_FOR_ALL_MOTS,
+            names.SPAN_CACHE_GET,
+            names.SPAN_CACHE_PUT,
+            names.SPAN_GET_CURRENT_EVENT_LOOP,
         }
         bodies = {r["body"] for r in rotel.logs()}
         assert {"stream.error_forwarded", "gather.failed", "cache.hit", "cache.evicted"} <= bodies
@@ -152,17 +151,17 @@ class TestNothingLeaksByDefault:
         """The exception's type reaches spans, metrics and logs even with content off."""
         run_workload(rotel)
         error_types = {
-            (s["name"], s["attributes"].get(n.ERROR_TYPE))
+            (s["name"], s["attributes"].get(names.ERROR_TYPE))
             for s in rotel.spans()
-            if n.ERROR_TYPE in s["attributes"]
+            if names.ERROR_TYPE in s["attributes"]
         }
         assert error_types == {
-            (n.SPAN_SEND_TO_QUEUE, "SecretError"),
-            (n.SPAN_SEND_TO_QUEUE, "TimeoutError"),
-            (n.SPAN_WAIT_FOR_ALL_MOTS, "SecretError"),
+            (names.SPAN_SEND_TO_QUEUE, "SecretError"),
+            (names.SPAN_SEND_TO_QUEUE, "TimeoutError"),
+            (names.SPAN_WAIT_FOR_ALL_MOTS, "SecretError"),
         }
-        assert rotel.points("thunkscope.stream.duration", {n.ERROR_TYPE: "SecretError"})
-        assert rotel.points("thunkscope.gather.duration", {n.ERROR_TYPE: "SecretError"})
+        assert rotel.points("thunkscope.stream.duration", {names.ERROR_TYPE: "SecretError"})
+        assert rotel.points("thunkscope.gather.duration", {names.ERROR_TYPE: "SecretError"})
         logged = {(r["body"], r["attributes"].get("error_type")) for r in rotel.logs()}
         assert ("stream.error_forwarded", "SecretError") in logged
         assert ("gather.failed", "SecretError") in logged
@@ -183,9 +182,9 @@ class TestCaptureIsOptIn:
         assert f"{SECRET}-tail" not in output  # ...cut at 40 characters
         forwarded = [
             e["attributes"][_telemetry.EXCEPTION_MESSAGE]
-            for s in rotel.spans_named(n.SPAN_SEND_TO_QUEUE)
+            for s in rotel.spans_named(names.SPAN_SEND_TO_QUEUE)
             for e in s["events"]
-            if e["name"] == n.EVENT_ERROR_FORWARDED
+            if e["name"] == names.EVENT_ERROR_FORWARDED
         ]
         assert forwarded == [
             f"{SECRET}-exception-message ".ljust(40, "x") + _telemetry.TRUNCATED_MARK
@@ -248,13 +247,13 @@ class TestCaptureSettings:
         await send_to_queue(fail_after("item", KeyError("why")), asyncio.Queue(), name="c")
         with pytest.raises(ValueError, match="thunk text"):
             await wait_for_all_mots([Thunk(ValueError("thunk text"))])
-        (stream,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        (event,) = [e for e in stream.events if e.name == n.EVENT_ERROR_FORWARDED]
+        (stream,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        (event,) = [e for e in stream.events if e.name == names.EVENT_ERROR_FORWARDED]
         assert dict(event.attributes or {}) == {
-            n.ERROR_TYPE: "KeyError",
+            names.ERROR_TYPE: "KeyError",
             _telemetry.EXCEPTION_MESSAGE: "'why'",
         }
-        (gather,) = telemetry.spans(n.SPAN_WAIT_FOR_ALL_MOTS)
+        (gather,) = telemetry.spans(names.SPAN_WAIT_FOR_ALL_MOTS)
         (exception,) = gather.events
         assert dict(exception.attributes or {}) == {
             "exception.type": "ValueError",
@@ -271,10 +270,10 @@ class TestCaptureSettings:
         await send_to_queue(fail_after("item", KeyError("why")), asyncio.Queue(), name="c")
         with pytest.raises(ValueError, match="thunk text"):
             await wait_for_all_mots([Thunk(ValueError("thunk text"))])
-        (stream,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        (event,) = [e for e in stream.events if e.name == n.EVENT_ERROR_FORWARDED]
-        assert dict(event.attributes or {}) == {n.ERROR_TYPE: "KeyError"}
-        (gather,) = telemetry.spans(n.SPAN_WAIT_FOR_ALL_MOTS)
+        (stream,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        (event,) = [e for e in stream.events if e.name == names.EVENT_ERROR_FORWARDED]
+        assert dict(event.attributes or {}) == {names.ERROR_TYPE: "KeyError"}
+        (gather,) = telemetry.spans(names.SPAN_WAIT_FOR_ALL_MOTS)
         assert gather.events == ()
         assert all("error_message" not in e for e in log_events)
         assert "why" not in repr(log_events)

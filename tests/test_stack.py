@@ -2,7 +2,7 @@
 
 docker-compose.yml by a real docker-compose v2 binary, the Prometheus config by
 promtool, the collector and Grafana provisioning by reading them against each other
-and against the contract (`thunkscope._names`), and every dashboard query by a real
+and against the contract (`thunkscope.names`), and every dashboard query by a real
 Prometheus that scrapes the real `thunkscope demo` workload once a second.
 The programs come from `bash scripts/install-stack-tools.sh` (CI runs it).
 """
@@ -45,7 +45,7 @@ from support.stack_dashboards import (
 )
 from support.stack_prometheus import PrometheusAPI, QueryError, Sample, finite, prometheus
 from support.stack_tools import REPO_ROOT, free_port, poll, require_binary, running, wait_http_ok
-from thunkscope import _names
+from thunkscope import names
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DEPLOY = REPO_ROOT / "deploy"
@@ -71,10 +71,10 @@ def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def emitted_series() -> dict[str, _names.Metric]:
+def emitted_series() -> dict[str, names.Metric]:
     """Every Prometheus series name the package emits, with the contract's metric behind it."""
-    found: dict[str, _names.Metric] = {}
-    for metric in _names.METRICS:
+    found: dict[str, names.Metric] = {}
+    for metric in names.METRICS:
         if metric.kind == "histogram":
             for suffix in ("_bucket", "_sum", "_count"):
                 found[metric.prometheus_name + suffix] = metric
@@ -368,9 +368,9 @@ class TestDashboards:
         """Each metric name in a panel or variable query is a series of the contract's metrics."""
         emitted = emitted_series()
         for query in prometheus_queries():
-            names = metric_names(query.expr)
-            assert names, f"{query.where}: no metric in {query.expr}"
-            unknown = names - set(emitted)
+            queried = metric_names(query.expr)
+            assert queried, f"{query.where}: no metric in {query.expr}"
+            unknown = queried - set(emitted)
             assert not unknown, f"{query.where}: {sorted(unknown)} not emitted"
         for name, dashboard in load_dashboards().items():
             for variable in variables(dashboard):
@@ -380,7 +380,7 @@ class TestDashboards:
                 assert set(metric_names(selector or "")) <= set(emitted), name
 
     def test_every_metric_of_the_contract_has_a_panel(self) -> None:
-        """Every metric in thunkscope._names.METRICS is shown by at least one panel."""
+        """Every metric in thunkscope.names.METRICS is shown by at least one panel."""
         emitted = emitted_series()
         shown = {
             emitted[name].name
@@ -388,15 +388,15 @@ class TestDashboards:
             for name in metric_names(query.expr)
             if name in emitted
         }
-        assert shown == {metric.name for metric in _names.METRICS}
+        assert shown == {metric.name for metric in names.METRICS}
 
     def test_every_selector_is_templated_by_service_and_name(self) -> None:
         """Every series selector filters job by $service, and by $stream or $cache where the metric
         has that label."""
         emitted = emitted_series()
         by_name = {
-            label_of(_names.STREAM_NAME): "$stream",
-            label_of(_names.CACHE_NAME): "$cache",
+            label_of(names.STREAM_NAME): "$stream",
+            label_of(names.CACHE_NAME): "$cache",
         }
         for query in prometheus_queries():
             selectors = re.findall(r"(thunkscope_\w+)\{([^}]*)\}", query.expr)
@@ -415,8 +415,8 @@ class TestDashboards:
         All."""
         expected_labels = {
             "service": "job",
-            "stream": label_of(_names.STREAM_NAME),
-            "cache": label_of(_names.CACHE_NAME),
+            "stream": label_of(names.STREAM_NAME),
+            "cache": label_of(names.CACHE_NAME),
         }
         for name, dashboard in load_dashboards().items():
             listed = variables(dashboard)
@@ -599,8 +599,8 @@ class TestDashboardQueriesOnPrometheus:
         counters."""
         api = scraped_demo.api
         by_cache = dashboard_queries("client-cache.json", "Hit ratio")["A"]
-        counter = _names.CACHE_LOOKUPS.prometheus_name
-        cache_label, result_label = label_of(_names.CACHE_NAME), label_of(_names.CACHE_RESULT)
+        counter = names.CACHE_LOOKUPS.prometheus_name
+        cache_label, result_label = label_of(names.CACHE_NAME), label_of(names.CACHE_RESULT)
 
         def consistent() -> None:
             at = scraped_demo.last_scrape()
@@ -618,7 +618,7 @@ class TestDashboardQueriesOnPrometheus:
                 assert 0.0 <= ratio <= 1.0, (cache, ratio)
                 lookups = sum(increases[cache].values())
                 assert lookups > 0
-                expected = increases[cache].get(_names.RESULT_HIT, 0.0) / lookups
+                expected = increases[cache].get(names.RESULT_HIT, 0.0) / lookups
                 assert math.isclose(ratio, expected, abs_tol=0.05), (cache, ratio, expected)
 
         poll(consistent, timeout=WAIT_FOR_DATA_S, what="hit ratio against the counters")
@@ -630,20 +630,20 @@ class TestDashboardQueriesOnPrometheus:
         demo makes both of."""
         api = scraped_demo.api
         stat_expr = dashboard_queries("client-cache.json", "Hit ratio", "stat")["A"]
-        counter = _names.CACHE_LOOKUPS.prometheus_name
-        result_label = label_of(_names.CACHE_RESULT)
+        counter = names.CACHE_LOOKUPS.prometheus_name
+        result_label = label_of(names.CACHE_RESULT)
 
         def plausible() -> None:
             totals = {
                 s.labels[result_label]: s.value
                 for s in api.instant(f"sum by ({result_label}) ({counter})")
             }
-            assert totals.get(_names.RESULT_HIT, 0) > 0
-            assert totals.get(_names.RESULT_MISS, 0) > 0
+            assert totals.get(names.RESULT_HIT, 0) > 0
+            assert totals.get(names.RESULT_MISS, 0) > 0
             ratio = values_of(api.instant(stat_expr))
             assert len(ratio) == 1, ratio
             assert 0.0 <= ratio[0] <= 1.0, ratio
-            cumulative = totals[_names.RESULT_HIT] / sum(totals.values())
+            cumulative = totals[names.RESULT_HIT] / sum(totals.values())
             # The demo's mix is steady: the windowed ratio stays near the cumulative one.
             assert abs(ratio[0] - cumulative) <= 0.25, (ratio, cumulative)
 
@@ -654,13 +654,13 @@ class TestDashboardQueriesOnPrometheus:
         traffic."""
         api = scraped_demo.api
         expr = dashboard_queries("client-cache.json", "Lookups per second by result")["A"]
-        result_label = label_of(_names.CACHE_RESULT)
+        result_label = label_of(names.CACHE_RESULT)
 
         def flowing() -> None:
             samples = api.instant(expr)
             results = {s.labels[result_label] for s in samples}
-            assert {_names.RESULT_HIT, _names.RESULT_MISS} <= results
-            assert results <= {_names.RESULT_HIT, _names.RESULT_MISS, _names.RESULT_STALE}
+            assert {names.RESULT_HIT, names.RESULT_MISS} <= results
+            assert results <= {names.RESULT_HIT, names.RESULT_MISS, names.RESULT_STALE}
             assert all(v >= 0 for v in values_of(samples))
             assert sum(values_of(samples)) > 0
 
@@ -673,7 +673,7 @@ class TestDashboardQueriesOnPrometheus:
         expr = dashboard_queries("client-cache.json", "Evictions per second")["A"]
 
         def evicting() -> None:
-            total = values_of(api.instant(f"sum({_names.CACHE_EVICTIONS.prometheus_name})"))
+            total = values_of(api.instant(f"sum({names.CACHE_EVICTIONS.prometheus_name})"))
             assert total
             assert total[0] > 0
             series = api.range(expr, start=scraped_demo.started, end=time.time(), step=1)
@@ -687,7 +687,7 @@ class TestDashboardQueriesOnPrometheus:
         api = scraped_demo.api
         series = dashboard_queries("client-cache.json", "Entries against the limit")
         fill = dashboard_queries("client-cache.json", "Fill", "stat")["A"]
-        cache_label = label_of(_names.CACHE_NAME)
+        cache_label = label_of(names.CACHE_NAME)
 
         def bounded() -> None:
             at = scraped_demo.last_scrape()
@@ -730,7 +730,7 @@ class TestDashboardQueriesOnPrometheus:
         streams."""
         api = scraped_demo.api
         expr = dashboard_queries("streams.json", "Active streams")["A"]
-        stream_label = label_of(_names.STREAM_NAME)
+        stream_label = label_of(names.STREAM_NAME)
 
         def running_streams() -> None:
             series = api.range(expr, start=scraped_demo.started, end=time.time(), step=1)
@@ -748,11 +748,11 @@ class TestDashboardQueriesOnPrometheus:
         stalls = dashboard_queries("streams.json", "Stalls and timeouts")
         errors = dashboard_queries("streams.json", "Error rate by error.type")["A"]
         outcomes = dashboard_queries("streams.json", "Stream rate by outcome")["A"]
-        stream_label = label_of(_names.STREAM_NAME)
-        error_label, outcome_label = label_of(_names.ERROR_TYPE), label_of(_names.STREAM_OUTCOME)
+        stream_label = label_of(names.STREAM_NAME)
+        error_label, outcome_label = label_of(names.ERROR_TYPE), label_of(names.STREAM_OUTCOME)
 
         def fitting() -> None:
-            raw = api.instant(f"sum by ({stream_label}) ({_names.STREAM_STALLS.prometheus_name})")
+            raw = api.instant(f"sum by ({stream_label}) ({names.STREAM_STALLS.prometheus_name})")
             assert {s.labels[stream_label]: s.value for s in raw}.get("chat-stream", 0) >= 1
             for ref in ("A", "B"):
                 samples = api.instant(stalls[ref])
@@ -761,7 +761,7 @@ class TestDashboardQueriesOnPrometheus:
             error_types = {s.labels[error_label] for s in api.instant(errors)}
             assert {"TimeoutError", "ConnectionResetError"} <= error_types
             ended = {s.labels[outcome_label] for s in api.instant(outcomes)}
-            assert {_names.OUTCOME_COMPLETED, _names.OUTCOME_ERROR, _names.OUTCOME_TIMEOUT} <= ended
+            assert {names.OUTCOME_COMPLETED, names.OUTCOME_ERROR, names.OUTCOME_TIMEOUT} <= ended
 
         poll(fitting, timeout=WAIT_FOR_DATA_S, what="stalls and outcomes")
 

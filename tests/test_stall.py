@@ -11,8 +11,7 @@ import pytest
 from opentelemetry.trace import INVALID_SPAN
 
 from conftest import AtLeast, events_of
-from thunkscope import _names as n
-from thunkscope import _telemetry, _watch, inflight, send_to_queue
+from thunkscope import _telemetry, _watch, inflight, names, send_to_queue
 from thunkscope._deadlines import Check
 from thunkscope._watch import StreamWatch
 
@@ -49,7 +48,9 @@ async def until_sentinel(queue: asyncio.Queue[Any]) -> list[Any]:
 
 def stalls_by_name(telemetry: Any) -> dict[str, int]:
     """The thunkscope.stream.stalls counter per stream name."""
-    return {p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_STALLS.name)}
+    return {
+        p.attributes[names.STREAM_NAME]: p.value for p in telemetry.points(names.STREAM_STALLS.name)
+    }
 
 
 def logged(log_events: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
@@ -77,21 +78,21 @@ class TestStallWarning:
             name="stall-one",
         )
         assert drain(queue) == ["a", "b", "c", None]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert events_of(span) == [
-            (n.EVENT_FIRST_ITEM, {}),
-            (n.EVENT_STALLED, {"thunkscope.stream.gap": AtLeast(STALL), n.STREAM_ITEMS: 1}),
-            (n.EVENT_RESUMED, {"thunkscope.stream.gap": AtLeast(GAP), n.STREAM_ITEMS: 1}),
-            (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 3}),
+            (names.EVENT_FIRST_ITEM, {}),
+            (names.EVENT_STALLED, {"thunkscope.stream.gap": AtLeast(STALL), names.STREAM_ITEMS: 1}),
+            (names.EVENT_RESUMED, {"thunkscope.stream.gap": AtLeast(GAP), names.STREAM_ITEMS: 1}),
+            (names.EVENT_SENTINEL, {names.STREAM_ITEMS: 3}),
         ]
         stalled_gap = span.events[1].attributes["thunkscope.stream.gap"]
         assert stalled_gap < GAP  # warned during the gap, not at its end
         ctx = span.get_span_context()
         ids = {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
-        stream_id = span.attributes[n.STREAM_ID]
-        assert logged(log_events, n.LOG_STREAM_STALLED) == [
+        stream_id = span.attributes[names.STREAM_ID]
+        assert logged(log_events, names.LOG_STREAM_STALLED) == [
             {
-                "event": n.LOG_STREAM_STALLED,
+                "event": names.LOG_STREAM_STALLED,
                 "log_level": "warning",
                 "stream_id": stream_id,
                 "stream": "stall-one",
@@ -100,9 +101,9 @@ class TestStallWarning:
                 **ids,
             }
         ]
-        assert logged(log_events, n.LOG_STREAM_RESUMED) == [
+        assert logged(log_events, names.LOG_STREAM_RESUMED) == [
             {
-                "event": n.LOG_STREAM_RESUMED,
+                "event": names.LOG_STREAM_RESUMED,
                 "log_level": "info",
                 "stream_id": stream_id,
                 "stream": "stall-one",
@@ -112,7 +113,7 @@ class TestStallWarning:
             }
         ]
         assert stalls_by_name(telemetry) == {"stall-one": 1}
-        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+        assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_COMPLETED
 
     async def test_each_gap_warns_once(self, telemetry: Any) -> None:
         """Two separate gaps are two stalls and two resumes; a long gap is still one."""
@@ -125,17 +126,17 @@ class TestStallWarning:
             name="stall-two",
         )
         assert drain(queue) == ["a", "b", "c", "d", None]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        names = [name for name, _ in events_of(span)]
-        assert names == [
-            n.EVENT_FIRST_ITEM,
-            n.EVENT_STALLED,
-            n.EVENT_RESUMED,
-            n.EVENT_STALLED,
-            n.EVENT_RESUMED,
-            n.EVENT_SENTINEL,
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        seen = [name for name, _ in events_of(span)]
+        assert seen == [
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_STALLED,
+            names.EVENT_RESUMED,
+            names.EVENT_STALLED,
+            names.EVENT_RESUMED,
+            names.EVENT_SENTINEL,
         ]
-        assert [dict(e.attributes or {}).get(n.STREAM_ITEMS) for e in span.events[1:5]] == [
+        assert [dict(e.attributes or {}).get(names.STREAM_ITEMS) for e in span.events[1:5]] == [
             1,
             1,
             3,
@@ -150,9 +151,9 @@ class TestStallWarning:
             gappy(["a", "b"], {1: 0.3}), queue, chunk_timeout=None, stall_after=STALL
         )
         assert drain(queue) == ["a", "b", None]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
-        assert [name for name, _ in events_of(span)].count(n.EVENT_STALLED) == 1
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_COMPLETED
+        assert [name for name, _ in events_of(span)].count(names.EVENT_STALLED) == 1
 
     async def test_never_aborts_before_chunk_timeout(self, telemetry: Any) -> None:
         """A stall shorter than chunk_timeout is warned about and the stream completes."""
@@ -161,9 +162,9 @@ class TestStallWarning:
             gappy(["a", "b"], {1: GAP}), queue, chunk_timeout=0.4, stall_after=STALL
         )
         assert drain(queue) == ["a", "b", None]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
-        assert n.EVENT_STALLED in [name for name, _ in events_of(span)]
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_COMPLETED
+        assert names.EVENT_STALLED in [name for name, _ in events_of(span)]
 
     async def test_stall_then_timeout(self, telemetry: Any) -> None:
         """The same gap is first warned about, then aborted by chunk_timeout; no resume."""
@@ -174,24 +175,24 @@ class TestStallWarning:
         first, error = drain(queue)
         assert first == "a"
         assert isinstance(error, TimeoutError)
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
-            n.EVENT_FIRST_ITEM,
-            n.EVENT_STALLED,
-            n.EVENT_TIMEOUT,
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_STALLED,
+            names.EVENT_TIMEOUT,
         ]
-        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_TIMEOUT
+        assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_TIMEOUT
         assert stalls_by_name(telemetry) == {"default": 1}
 
     async def test_first_item_wait_can_stall(self, telemetry: Any) -> None:
         """The wait for the first item is a gap like any other."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         await send_to_queue(gappy(["a"], {0: GAP}), queue, chunk_timeout=None, stall_after=STALL)
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert events_of(span)[:3] == [
-            (n.EVENT_STALLED, {"thunkscope.stream.gap": AtLeast(STALL), n.STREAM_ITEMS: 0}),
-            (n.EVENT_FIRST_ITEM, {}),
-            (n.EVENT_RESUMED, {"thunkscope.stream.gap": AtLeast(GAP), n.STREAM_ITEMS: 0}),
+            (names.EVENT_STALLED, {"thunkscope.stream.gap": AtLeast(STALL), names.STREAM_ITEMS: 0}),
+            (names.EVENT_FIRST_ITEM, {}),
+            (names.EVENT_RESUMED, {"thunkscope.stream.gap": AtLeast(GAP), names.STREAM_ITEMS: 0}),
         ]
 
     async def test_slow_response_stalls_and_resumes_on_the_answer(self, telemetry: Any) -> None:
@@ -210,12 +211,12 @@ class TestStallWarning:
         assert snapshot["state"] == _watch.STALLED
         await task
         assert drain(queue) == ["a", "b", None]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
-            n.EVENT_STALLED,
-            n.EVENT_RESUMED,
-            n.EVENT_FIRST_ITEM,
-            n.EVENT_SENTINEL,
+            names.EVENT_STALLED,
+            names.EVENT_RESUMED,
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_SENTINEL,
         ]
 
     async def test_single_response_stall(self, telemetry: Any) -> None:
@@ -224,12 +225,12 @@ class TestStallWarning:
 
         await send_to_queue(slow_answer(), queue, stall_after=STALL)
         assert drain(queue) == ["answer", None]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
-            n.EVENT_STALLED,
-            n.EVENT_FIRST_ITEM,
-            n.EVENT_RESUMED,
-            n.EVENT_SENTINEL,
+            names.EVENT_STALLED,
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_RESUMED,
+            names.EVENT_SENTINEL,
         ]
 
     async def test_single_response_stall_into_a_queue_whose_put_waits(self, telemetry: Any) -> None:
@@ -244,12 +245,12 @@ class TestStallWarning:
         queue = YieldingQueue()
         await send_to_queue(slow_answer(), queue, chunk_timeout=None, stall_after=STALL)
         assert drain(queue) == ["answer", None]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
-            n.EVENT_STALLED,
-            n.EVENT_FIRST_ITEM,
-            n.EVENT_RESUMED,
-            n.EVENT_SENTINEL,
+            names.EVENT_STALLED,
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_RESUMED,
+            names.EVENT_SENTINEL,
         ]
         assert stalls_by_name(telemetry) == {"default": 1}
 
@@ -259,9 +260,12 @@ class TestStallWarning:
         await send_to_queue(
             gappy(["a", "b"], {1: GAP}), queue, chunk_timeout=None, stall_after=None
         )
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        assert [name for name, _ in events_of(span)] == [n.EVENT_FIRST_ITEM, n.EVENT_SENTINEL]
-        assert logged(log_events, n.LOG_STREAM_STALLED) == []
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        assert [name for name, _ in events_of(span)] == [
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_SENTINEL,
+        ]
+        assert logged(log_events, names.LOG_STREAM_STALLED) == []
         assert stalls_by_name(telemetry) == {}
 
     async def test_steady_stream_never_stalls(self, telemetry: Any) -> None:
@@ -270,8 +274,8 @@ class TestStallWarning:
         items = [str(i) for i in range(20)]
         gaps = dict.fromkeys(range(20), 0.01)
         await send_to_queue(gappy(items, gaps), queue, stall_after=STALL)
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        assert n.EVENT_STALLED not in [name for name, _ in events_of(span)]
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        assert names.EVENT_STALLED not in [name for name, _ in events_of(span)]
 
 
 class TestStallSetting:
@@ -406,21 +410,24 @@ class TestBackpressure:
         await task
         assert received == ["a", "b", "c"]
 
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert events_of(span) == [
-            (n.EVENT_FIRST_ITEM, {}),
-            (n.EVENT_BACKPRESSURE, {"thunkscope.queue.wait": AtLeast(STALL), n.STREAM_ITEMS: 2}),
-            (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 3}),
+            (names.EVENT_FIRST_ITEM, {}),
+            (
+                names.EVENT_BACKPRESSURE,
+                {"thunkscope.queue.wait": AtLeast(STALL), names.STREAM_ITEMS: 2},
+            ),
+            (names.EVENT_SENTINEL, {names.STREAM_ITEMS: 3}),
         ]
-        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
-        assert span.attributes[n.STREAM_PUT_WAIT] == AtLeast(GAP - 0.01)
-        (warning,) = logged(log_events, n.LOG_STREAM_BACKPRESSURE)
+        assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_COMPLETED
+        assert span.attributes[names.STREAM_PUT_WAIT] == AtLeast(GAP - 0.01)
+        (warning,) = logged(log_events, names.LOG_STREAM_BACKPRESSURE)
         assert warning["log_level"] == "warning"
         assert warning["blocked_s"] == AtLeast(STALL)
-        assert logged(log_events, n.LOG_STREAM_STALLED) == []
+        assert logged(log_events, names.LOG_STREAM_STALLED) == []
         assert stalls_by_name(telemetry) == {}
-        (point,) = telemetry.points(n.QUEUE_PUT_WAIT.name)
-        assert dict(point.attributes) == {n.STREAM_NAME: "bp"}
+        (point,) = telemetry.points(names.QUEUE_PUT_WAIT.name)
+        assert dict(point.attributes) == {names.STREAM_NAME: "bp"}
         assert point.count == 1
         assert point.sum == AtLeast(GAP - 0.01)
 
@@ -436,13 +443,13 @@ class TestBackpressure:
         assert await queue.get() == "a"
         await task
         assert await queue.get() is None
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert [name for name, _ in events_of(span)] == [
-            n.EVENT_FIRST_ITEM,
-            n.EVENT_BACKPRESSURE,
-            n.EVENT_SENTINEL,  # recorded once the sentinel is on the queue
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_BACKPRESSURE,
+            names.EVENT_SENTINEL,  # recorded once the sentinel is on the queue
         ]
-        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+        assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_COMPLETED
 
     async def test_stall_after_a_blocked_put_counts_from_the_put(self, telemetry: Any) -> None:
         """Time blocked on the queue is not backend time: the stall clock restarts after the put."""
@@ -456,6 +463,6 @@ class TestBackpressure:
         received = await until_sentinel(queue)
         await task
         assert received == ["a", "b", "c"]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        assert n.EVENT_STALLED not in [name for name, _ in events_of(span)]
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        assert names.EVENT_STALLED not in [name for name, _ in events_of(span)]
         assert stalls_by_name(telemetry) == {}

@@ -12,8 +12,7 @@ from opentelemetry.trace import StatusCode
 
 import thunkscope
 from conftest import Telemetry
-from thunkscope import DEFAULT_CHUNK_TIMEOUT, _watch, send_to_queue
-from thunkscope import _names as n
+from thunkscope import DEFAULT_CHUNK_TIMEOUT, _watch, names, send_to_queue
 
 HANG = 0.5  # stands in for a backend that never answers: 10x every timeout used here
 
@@ -199,14 +198,14 @@ class TestErrors:
         with pytest.raises(Fatal):
             await send_to_queue(backend(), queue)
         assert drain(queue) == ["a"]
-        (span,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert span.attributes is not None
-        assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_ERROR
-        assert span.attributes[n.ERROR_TYPE] == Fatal.__qualname__
+        assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_ERROR
+        assert span.attributes[names.ERROR_TYPE] == Fatal.__qualname__
         assert span.status.status_code == StatusCode.ERROR
-        (duration,) = telemetry.points(n.STREAM_DURATION.name)
-        assert duration.attributes[n.STREAM_OUTCOME] == n.OUTCOME_ERROR
-        (end,) = [e for e in log_events if e["event"] != n.LOG_STREAM_STARTED][-1:]
+        (duration,) = telemetry.points(names.STREAM_DURATION.name)
+        assert duration.attributes[names.STREAM_OUTCOME] == names.OUTCOME_ERROR
+        (end,) = [e for e in log_events if e["event"] != names.LOG_STREAM_STARTED][-1:]
         assert (end["log_level"], end["error_type"]) == ("warning", Fatal.__qualname__)
 
 
@@ -275,7 +274,7 @@ class TestChunkTimeout:
         first, error = drain(queue)
         assert first == "first"
         assert isinstance(error, TimeoutError)
-        failures = [e for e in log_events if e["event"] == n.LOG_STREAM_CLOSE_FAILED]
+        failures = [e for e in log_events if e["event"] == names.LOG_STREAM_CLOSE_FAILED]
         assert [(e["log_level"], e["error_type"]) for e in failures] == [
             ("warning", "RuntimeError")
         ]

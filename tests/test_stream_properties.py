@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 
 from conftest import Telemetry, in_memory_telemetry
-from thunkscope import _names as n
-from thunkscope import _watch, iter_queue, send_to_queue
+from thunkscope import _watch, iter_queue, names, send_to_queue
 
 HANG = 0.05  # a hang: longer than the short chunk_timeout, short enough for a test
 NAME = "prop"
@@ -251,8 +250,8 @@ class TestEveryWayOut:
         with fresh_telemetry() as (telemetry, span_ends):
             run = asyncio.run(run_script(script))
             spans = telemetry.spans()
-            active = telemetry.points(n.STREAM_ACTIVE.name)
-            stalls = telemetry.points(n.STREAM_STALLS.name)
+            active = telemetry.points(names.STREAM_ACTIVE.name)
+            stalls = telemetry.points(names.STREAM_STALLS.name)
 
         # What was put on the queue, in order: items, then at most one terminator.
         put = list(run.received)
@@ -266,54 +265,54 @@ class TestEveryWayOut:
         assert put == items + terminators, "a terminator came before an item"
         assert items == script.items[: len(items)], "items out of order or unknown"
 
-        producer = only(spans, n.SPAN_SEND_TO_QUEUE)
-        outcome = producer.attributes[n.STREAM_OUTCOME]
+        producer = only(spans, names.SPAN_SEND_TO_QUEUE)
+        outcome = producer.attributes[names.STREAM_OUTCOME]
         ending = run.ending if isinstance(run.ending, str) else type(run.ending).__name__
         event(f"producer {outcome}, consumer {ending}")
-        if outcome == n.OUTCOME_CANCELLED:
+        if outcome == names.OUTCOME_CANCELLED:
             assert run.producer_cancelled
             assert terminators == [], "a cancelled stream put a terminator"
         else:
             # A producer cancelled after its terminator got through (closing a timed-out
             # iterator) reports what the consumer got: the timeout.
-            assert not run.producer_cancelled or outcome == n.OUTCOME_TIMEOUT
+            assert not run.producer_cancelled or outcome == names.OUTCOME_TIMEOUT
             assert len(terminators) == 1, f"{len(terminators)} terminators"
             (terminator,) = terminators
-            if outcome == n.OUTCOME_COMPLETED:
+            if outcome == names.OUTCOME_COMPLETED:
                 assert terminator is None
                 assert items == script.items
-            elif outcome == n.OUTCOME_ERROR:
+            elif outcome == names.OUTCOME_ERROR:
                 assert isinstance(terminator, Boom)
                 assert items == script.items
             else:
-                assert outcome == n.OUTCOME_TIMEOUT
+                assert outcome == names.OUTCOME_TIMEOUT
                 assert type(terminator) is TimeoutError
                 assert script.chunk_timeout is not None
-        if outcome != n.OUTCOME_CANCELLED:
-            assert producer.attributes[n.STREAM_ITEMS] == len(items)
+        if outcome != names.OUTCOME_CANCELLED:
+            assert producer.attributes[names.STREAM_ITEMS] == len(items)
 
-        consumer = only(spans, n.SPAN_PROCESS_QUEUE)
+        consumer = only(spans, names.SPAN_PROCESS_QUEUE)
         expected_consumer_outcome = (
-            n.OUTCOME_COMPLETED
+            names.OUTCOME_COMPLETED
             if run.ending == "sentinel"
-            else n.OUTCOME_ERROR
+            else names.OUTCOME_ERROR
             if isinstance(run.ending, Exception)
-            else n.OUTCOME_ABANDONED
+            else names.OUTCOME_ABANDONED
         )
-        assert consumer.attributes[n.QUEUE_OUTCOME] == expected_consumer_outcome
-        assert consumer.attributes[n.QUEUE_ITEMS] == len(run.received)
+        assert consumer.attributes[names.QUEUE_OUTCOME] == expected_consumer_outcome
+        assert consumer.attributes[names.QUEUE_ITEMS] == len(run.received)
         assert [link.context for link in consumer.links] == [producer.get_span_context()]
 
         events = [event.name for event in producer.events]
-        assert events.count(n.EVENT_RESUMED) <= events.count(n.EVENT_STALLED)
-        assert sum(p.value for p in stalls) == events.count(n.EVENT_STALLED)
+        assert events.count(names.EVENT_RESUMED) <= events.count(names.EVENT_STALLED)
+        assert sum(p.value for p in stalls) == events.count(names.EVENT_STALLED)
         if script.stall_after is None:
-            assert n.EVENT_STALLED not in events
+            assert names.EVENT_STALLED not in events
 
         assert span_ends.twice == []
         assert _watch.registered() == 0
         assert _watch.inflight() == []
-        assert [p.value for p in active if p.attributes[n.STREAM_NAME] == NAME] == [0]
+        assert [p.value for p in active if p.attributes[names.STREAM_NAME] == NAME] == [0]
 
 
 class TestActiveCount:
@@ -328,7 +327,8 @@ class TestActiveCount:
         def active_by_name() -> dict[str, Any]:
             """thunkscope.stream.active per stream name, as collected now."""
             return {
-                p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
+                p.attributes[names.STREAM_NAME]: p.value
+                for p in telemetry.points(names.STREAM_ACTIVE.name)
             }
 
         queue: asyncio.Queue[Any] = asyncio.Queue()

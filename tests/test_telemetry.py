@@ -21,10 +21,10 @@ from thunkscope import (
     _telemetry,
     get_current_event_loop,
     inflight,
+    names,
     send_to_queue,
     wait_for_all_mots,
 )
-from thunkscope import _names as n
 from thunkscope._telemetry import telemetry as state
 
 HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
@@ -67,26 +67,26 @@ class TestSendToQueueSpan:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         await send_to_queue(agen("a", "b", "c"), queue, name="chat")
         (span,) = telemetry.spans()
-        assert span.name == n.SPAN_SEND_TO_QUEUE
+        assert span.name == names.SPAN_SEND_TO_QUEUE
         assert span.kind == SpanKind.PRODUCER
         assert span.instrumentation_scope is not None
         assert span.instrumentation_scope.name == "thunkscope"
         attributes = dict(span.attributes or {})
         assert attributes == {
-            n.STREAM_ID: attributes[n.STREAM_ID],
-            n.STREAM_NAME: "chat",
-            n.STREAM_MODE: n.MODE_ITERATOR,
-            n.STREAM_ITEMS: 3,
-            n.STREAM_OUTCOME: n.OUTCOME_COMPLETED,
-            n.STREAM_TIME_TO_FIRST_ITEM: SECONDS,
-            n.STREAM_MAX_ITEM_GAP: SECONDS,
-            n.STREAM_PUT_WAIT: 0.0,
+            names.STREAM_ID: attributes[names.STREAM_ID],
+            names.STREAM_NAME: "chat",
+            names.STREAM_MODE: names.MODE_ITERATOR,
+            names.STREAM_ITEMS: 3,
+            names.STREAM_OUTCOME: names.OUTCOME_COMPLETED,
+            names.STREAM_TIME_TO_FIRST_ITEM: SECONDS,
+            names.STREAM_MAX_ITEM_GAP: SECONDS,
+            names.STREAM_PUT_WAIT: 0.0,
         }
-        assert isinstance(attributes[n.STREAM_ID], str)
-        assert attributes[n.STREAM_ID]
+        assert isinstance(attributes[names.STREAM_ID], str)
+        assert attributes[names.STREAM_ID]
         assert events_of(span) == [
-            (n.EVENT_FIRST_ITEM, {}),
-            (n.EVENT_SENTINEL, {n.STREAM_ITEMS: 3}),
+            (names.EVENT_FIRST_ITEM, {}),
+            (names.EVENT_SENTINEL, {names.STREAM_ITEMS: 3}),
         ]
         assert span.status.status_code == StatusCode.UNSET
 
@@ -101,14 +101,14 @@ class TestSendToQueueSpan:
         (span,) = telemetry.spans()
         attributes = dict(span.attributes or {})
         assert attributes == {
-            n.STREAM_ID: attributes[n.STREAM_ID],
-            n.STREAM_NAME: "single",
-            n.STREAM_MODE: n.MODE_SINGLE,
-            n.STREAM_ITEMS: 1,
-            n.STREAM_OUTCOME: n.OUTCOME_COMPLETED,
-            n.STREAM_TIME_TO_FIRST_ITEM: SECONDS,
-            n.STREAM_MAX_ITEM_GAP: 0.0,
-            n.STREAM_PUT_WAIT: 0.0,
+            names.STREAM_ID: attributes[names.STREAM_ID],
+            names.STREAM_NAME: "single",
+            names.STREAM_MODE: names.MODE_SINGLE,
+            names.STREAM_ITEMS: 1,
+            names.STREAM_OUTCOME: names.OUTCOME_COMPLETED,
+            names.STREAM_TIME_TO_FIRST_ITEM: SECONDS,
+            names.STREAM_MAX_ITEM_GAP: 0.0,
+            names.STREAM_PUT_WAIT: 0.0,
         }
 
     async def test_forwarded_error(self, telemetry: Telemetry) -> None:
@@ -122,14 +122,14 @@ class TestSendToQueueSpan:
         await send_to_queue(backend(), queue, name="chat")
         (span,) = telemetry.spans()
         attributes = dict(span.attributes or {})
-        assert attributes[n.STREAM_OUTCOME] == n.OUTCOME_ERROR
-        assert attributes[n.ERROR_TYPE] == "ConnectionResetError"
-        assert attributes[n.STREAM_ITEMS] == 1
+        assert attributes[names.STREAM_OUTCOME] == names.OUTCOME_ERROR
+        assert attributes[names.ERROR_TYPE] == "ConnectionResetError"
+        assert attributes[names.STREAM_ITEMS] == 1
         assert span.status.status_code == StatusCode.ERROR
         assert span.status.description == "backend raised ConnectionResetError"
         assert events_of(span) == [
-            (n.EVENT_FIRST_ITEM, {}),
-            (n.EVENT_ERROR_FORWARDED, {n.ERROR_TYPE: "ConnectionResetError"}),
+            (names.EVENT_FIRST_ITEM, {}),
+            (names.EVENT_ERROR_FORWARDED, {names.ERROR_TYPE: "ConnectionResetError"}),
         ]
 
     async def test_timeout(self, telemetry: Telemetry) -> None:
@@ -144,11 +144,14 @@ class TestSendToQueueSpan:
         await send_to_queue(stalls(), queue, chunk_timeout=0.05, stall_after=None, name="chat")
         (span,) = telemetry.spans()
         attributes = dict(span.attributes or {})
-        assert attributes[n.STREAM_OUTCOME] == n.OUTCOME_TIMEOUT
-        assert attributes[n.ERROR_TYPE] == "TimeoutError"
+        assert attributes[names.STREAM_OUTCOME] == names.OUTCOME_TIMEOUT
+        assert attributes[names.ERROR_TYPE] == "TimeoutError"
         assert span.status.status_code == StatusCode.ERROR
         assert span.status.description == "no item from the backend within chunk_timeout=0.05s"
-        assert [name for name, _ in events_of(span)] == [n.EVENT_FIRST_ITEM, n.EVENT_TIMEOUT]
+        assert [name for name, _ in events_of(span)] == [
+            names.EVENT_FIRST_ITEM,
+            names.EVENT_TIMEOUT,
+        ]
 
     async def test_cancelled(self, telemetry: Telemetry) -> None:
         """A cancelled producer ends its span once, as outcome=cancelled, status unset."""
@@ -160,8 +163,8 @@ class TestSendToQueueSpan:
             await task
         (span,) = telemetry.spans()
         attributes = dict(span.attributes or {})
-        assert attributes[n.STREAM_OUTCOME] == n.OUTCOME_CANCELLED
-        assert n.ERROR_TYPE not in attributes
+        assert attributes[names.STREAM_OUTCOME] == names.OUTCOME_CANCELLED
+        assert names.ERROR_TYPE not in attributes
         assert span.status.status_code == StatusCode.UNSET
 
     async def test_child_of_active_span_and_current_during_backend_call(
@@ -177,7 +180,7 @@ class TestSendToQueueSpan:
 
         with tracer.start_as_current_span("request") as parent:
             await send_to_queue(backend(), asyncio.Queue())
-        (producer,) = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
+        (producer,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert producer.parent is not None
         assert producer.parent.span_id == parent.get_span_context().span_id
         assert producer.context.trace_id == parent.get_span_context().trace_id
@@ -189,10 +192,10 @@ class TestOtherSpans:
         """wait_for_all_mots records its size and outcome on an INTERNAL span."""
         await wait_for_all_mots([Thunk(1), Thunk(2), Thunk(3)])
         (span,) = telemetry.spans()
-        assert (span.name, span.kind) == (n.SPAN_WAIT_FOR_ALL_MOTS, SpanKind.INTERNAL)
+        assert (span.name, span.kind) == (names.SPAN_WAIT_FOR_ALL_MOTS, SpanKind.INTERNAL)
         assert dict(span.attributes or {}) == {
-            n.GATHER_SIZE: 3,
-            n.GATHER_OUTCOME: n.OUTCOME_COMPLETED,
+            names.GATHER_SIZE: 3,
+            names.GATHER_OUTCOME: names.OUTCOME_COMPLETED,
         }
 
     async def test_gather_failure(self, telemetry: Telemetry) -> None:
@@ -201,9 +204,9 @@ class TestOtherSpans:
             await wait_for_all_mots([Thunk(1), Thunk(KeyError("k"))])
         (span,) = telemetry.spans()
         assert dict(span.attributes or {}) == {
-            n.GATHER_SIZE: 2,
-            n.GATHER_OUTCOME: n.OUTCOME_ERROR,
-            n.ERROR_TYPE: "KeyError",
+            names.GATHER_SIZE: 2,
+            names.GATHER_OUTCOME: names.OUTCOME_ERROR,
+            names.ERROR_TYPE: "KeyError",
         }
         assert span.status.status_code == StatusCode.ERROR
 
@@ -211,14 +214,14 @@ class TestOtherSpans:
         """get_current_event_loop records whether it found a loop."""
         assert get_current_event_loop() is asyncio.get_running_loop()
         (span,) = telemetry.spans()
-        assert (span.name, span.kind) == (n.SPAN_GET_CURRENT_EVENT_LOOP, SpanKind.INTERNAL)
-        assert dict(span.attributes or {}) == {n.EVENT_LOOP_FOUND: True}
+        assert (span.name, span.kind) == (names.SPAN_GET_CURRENT_EVENT_LOOP, SpanKind.INTERNAL)
+        assert dict(span.attributes or {}) == {names.EVENT_LOOP_FOUND: True}
 
     def test_event_loop_lookup_outside_loop(self, telemetry: Telemetry) -> None:
         """Outside any loop the lookup returns None, never raises, and says found=False."""
         assert get_current_event_loop() is None
         (span,) = telemetry.spans()
-        assert dict(span.attributes or {}) == {n.EVENT_LOOP_FOUND: False}
+        assert dict(span.attributes or {}) == {names.EVENT_LOOP_FOUND: False}
 
     def test_cache_spans(self, telemetry: Telemetry) -> None:
         """Cache get and put spans carry name, result or evicted, size; evictions are events."""
@@ -230,24 +233,26 @@ class TestOtherSpans:
         spans = telemetry.spans()
         assert [(s.name, dict(s.attributes or {})) for s in spans] == [
             (
-                n.SPAN_CACHE_GET,
-                {n.CACHE_NAME: "spans-cache", n.CACHE_SIZE: 0, n.CACHE_RESULT: "miss"},
+                names.SPAN_CACHE_GET,
+                {names.CACHE_NAME: "spans-cache", names.CACHE_SIZE: 0, names.CACHE_RESULT: "miss"},
             ),
             (
-                n.SPAN_CACHE_PUT,
-                {n.CACHE_NAME: "spans-cache", n.CACHE_SIZE: 1, n.CACHE_EVICTED: False},
+                names.SPAN_CACHE_PUT,
+                {names.CACHE_NAME: "spans-cache", names.CACHE_SIZE: 1, names.CACHE_EVICTED: False},
             ),
             (
-                n.SPAN_CACHE_GET,
-                {n.CACHE_NAME: "spans-cache", n.CACHE_SIZE: 1, n.CACHE_RESULT: "hit"},
+                names.SPAN_CACHE_GET,
+                {names.CACHE_NAME: "spans-cache", names.CACHE_SIZE: 1, names.CACHE_RESULT: "hit"},
             ),
             (
-                n.SPAN_CACHE_PUT,
-                {n.CACHE_NAME: "spans-cache", n.CACHE_SIZE: 1, n.CACHE_EVICTED: True},
+                names.SPAN_CACHE_PUT,
+                {names.CACHE_NAME: "spans-cache", names.CACHE_SIZE: 1, names.CACHE_EVICTED: True},
             ),
         ]
         assert all(s.kind == SpanKind.INTERNAL for s in spans)
-        assert events_of(spans[3]) == [(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: "spans-cache"})]
+        assert events_of(spans[3]) == [
+            (names.EVENT_CACHE_EVICTED, {names.CACHE_NAME: "spans-cache"})
+        ]
         assert events_of(spans[1]) == []
 
     def test_in_trace_mode_skips_cheap_spans_outside_a_trace(self, telemetry: Telemetry) -> None:
@@ -262,8 +267,8 @@ class TestOtherSpans:
             cache.get("inside")
             get_current_event_loop()
         assert [s.name for s in telemetry.spans()] == [
-            n.SPAN_CACHE_GET,
-            n.SPAN_GET_CURRENT_EVENT_LOOP,
+            names.SPAN_CACHE_GET,
+            names.SPAN_GET_CURRENT_EVENT_LOOP,
             "request",
         ]
 
@@ -273,8 +278,8 @@ class TestOtherSpans:
         await send_to_queue(agen(1), asyncio.Queue())
         await wait_for_all_mots([Thunk(1)])
         assert [s.name for s in telemetry.spans()] == [
-            n.SPAN_SEND_TO_QUEUE,
-            n.SPAN_WAIT_FOR_ALL_MOTS,
+            names.SPAN_SEND_TO_QUEUE,
+            names.SPAN_WAIT_FOR_ALL_MOTS,
         ]
 
 
@@ -292,26 +297,31 @@ class TestMetrics:
             raise ValueError("no")
 
         await send_to_queue(fails(), asyncio.Queue(), name="wl")
-        durations = telemetry.by_attributes(n.STREAM_DURATION.name)
+        durations = telemetry.by_attributes(names.STREAM_DURATION.name)
         completed = durations[
-            frozenset({n.STREAM_NAME: "wl", n.STREAM_OUTCOME: "completed"}.items())
+            frozenset({names.STREAM_NAME: "wl", names.STREAM_OUTCOME: "completed"}.items())
         ]
         failed = durations[
             frozenset(
-                {n.STREAM_NAME: "wl", n.STREAM_OUTCOME: "error", n.ERROR_TYPE: "ValueError"}.items()
+                {
+                    names.STREAM_NAME: "wl",
+                    names.STREAM_OUTCOME: "error",
+                    names.ERROR_TYPE: "ValueError",
+                }.items()
             )
         ]
         assert (completed.count, failed.count) == (3, 1)
-        (items,) = telemetry.points(n.STREAM_ITEM_COUNT.name)
+        (items,) = telemetry.points(names.STREAM_ITEM_COUNT.name)
         assert (items.count, items.sum, items.min, items.max) == (4, 1 + 2 + 3 + 1, 1, 3)
-        (ttfi,) = telemetry.points(n.STREAM_TTFI.name)
+        (ttfi,) = telemetry.points(names.STREAM_TTFI.name)
         assert ttfi.count == 4
-        (gap,) = telemetry.points(n.STREAM_MAX_GAP.name)
+        (gap,) = telemetry.points(names.STREAM_MAX_GAP.name)
         assert gap.count == 2  # only streams with two items or more have a gap
         # No stream blocked on its unbounded queue: none has a put_wait to record.
-        assert telemetry.points(n.QUEUE_PUT_WAIT.name) == []
+        assert telemetry.points(names.QUEUE_PUT_WAIT.name) == []
         active = {
-            p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
+            p.attributes[names.STREAM_NAME]: p.value
+            for p in telemetry.points(names.STREAM_ACTIVE.name)
         }
         assert active["wl"] == 0
 
@@ -328,13 +338,13 @@ class TestMetrics:
             await send_to_queue(agen("a"), queue, name=name)
             assert await drained == ["a", None]
         await send_to_queue(agen("a"), asyncio.Queue(maxsize=5), name="free")
-        (point,) = telemetry.points(n.QUEUE_PUT_WAIT.name)
-        assert dict(point.attributes) == {n.STREAM_NAME: "blocked"}
+        (point,) = telemetry.points(names.QUEUE_PUT_WAIT.name)
+        assert dict(point.attributes) == {names.STREAM_NAME: "blocked"}
         assert point.count == 2
         assert point.sum >= 2 * 0.015
-        spans = telemetry.spans(n.SPAN_SEND_TO_QUEUE)
-        free = [s for s in spans if s.attributes[n.STREAM_NAME] == "free"]
-        assert [s.attributes[n.STREAM_PUT_WAIT] for s in free] == [0.0]
+        spans = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        free = [s for s in spans if s.attributes[names.STREAM_NAME] == "free"]
+        assert [s.attributes[names.STREAM_PUT_WAIT] for s in free] == [0.0]
 
     async def test_active_streams_while_running(self, telemetry: Telemetry) -> None:
         """thunkscope.stream.active counts streams in flight and returns to zero."""
@@ -350,13 +360,15 @@ class TestMetrics:
         ]
         await asyncio.sleep(0.01)
         by_name = {
-            p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
+            p.attributes[names.STREAM_NAME]: p.value
+            for p in telemetry.points(names.STREAM_ACTIVE.name)
         }
         assert by_name["held"] == 3
         release.set()
         await asyncio.gather(*tasks)
         by_name = {
-            p.attributes[n.STREAM_NAME]: p.value for p in telemetry.points(n.STREAM_ACTIVE.name)
+            p.attributes[names.STREAM_NAME]: p.value
+            for p in telemetry.points(names.STREAM_ACTIVE.name)
         }
         assert by_name["held"] == 0
 
@@ -371,23 +383,23 @@ class TestMetrics:
         cache.put(3, "c")  # evicts 1
         cache.get(1)  # miss
         lookups = {
-            p.attributes[n.CACHE_RESULT]: p.value
-            for p in telemetry.points(n.CACHE_LOOKUPS.name)
-            if p.attributes[n.CACHE_NAME] == "metrics-cache"
+            p.attributes[names.CACHE_RESULT]: p.value
+            for p in telemetry.points(names.CACHE_LOOKUPS.name)
+            if p.attributes[names.CACHE_NAME] == "metrics-cache"
         }
         assert lookups == {"hit": 2, "miss": 2}
         values = {
             name.name: [
                 p.value
                 for p in telemetry.points(name.name)
-                if p.attributes[n.CACHE_NAME] == "metrics-cache"
+                if p.attributes[names.CACHE_NAME] == "metrics-cache"
             ]
-            for name in (n.CACHE_EVICTIONS, n.CACHE_ENTRY_COUNT, n.CACHE_ENTRY_LIMIT)
+            for name in (names.CACHE_EVICTIONS, names.CACHE_ENTRY_COUNT, names.CACHE_ENTRY_LIMIT)
         }
         assert values == {
-            n.CACHE_EVICTIONS.name: [1],
-            n.CACHE_ENTRY_COUNT.name: [2],
-            n.CACHE_ENTRY_LIMIT.name: [2],
+            names.CACHE_EVICTIONS.name: [1],
+            names.CACHE_ENTRY_COUNT.name: [2],
+            names.CACHE_ENTRY_LIMIT.name: [2],
         }
 
     async def test_gather_and_loop_metrics(self, telemetry: Telemetry) -> None:
@@ -397,13 +409,16 @@ class TestMetrics:
         await wait_for_all_mots([Thunk(1), Thunk(2), Thunk(3), Thunk(4)])
         for _ in range(5):
             get_current_event_loop()
-        (size,) = telemetry.points(n.GATHER_SIZE_METRIC.name)
+        (size,) = telemetry.points(names.GATHER_SIZE_METRIC.name)
         assert (size.count, size.sum) == (2, 6)
-        (duration,) = telemetry.points(n.GATHER_DURATION.name)
-        assert (dict(duration.attributes), duration.count) == ({n.GATHER_OUTCOME: "completed"}, 2)
+        (duration,) = telemetry.points(names.GATHER_DURATION.name)
+        assert (dict(duration.attributes), duration.count) == (
+            {names.GATHER_OUTCOME: "completed"},
+            2,
+        )
         lookups = {
-            p.attributes[n.EVENT_LOOP_FOUND]: p.value
-            for p in telemetry.points(n.EVENT_LOOP_LOOKUPS.name)
+            p.attributes[names.EVENT_LOOP_FOUND]: p.value
+            for p in telemetry.points(names.EVENT_LOOP_LOOKUPS.name)
         }
         assert lookups == {True: before[0] + 5, False: before[1]}
 
@@ -428,7 +443,7 @@ class TestMetrics:
         await asyncio.sleep(0.01)  # the terminator waits for room: a put_wait to record
         assert (full.get_nowait(), await full.get()) == (1, None)
         await blocked
-        for metric in n.METRICS:
+        for metric in names.METRICS:
             collected = telemetry.metric(metric.name)
             assert collected.unit == metric.unit, metric.name
             assert isinstance(collected.data, KIND[metric.kind]), metric.name
@@ -448,14 +463,14 @@ class TestLogEvents:
         trace_id = trace_api.format_trace_id(span.context.trace_id)
         span_id = trace_api.format_span_id(span.context.span_id)
         assert [(e["event"], e["log_level"]) for e in log_events] == [
-            (n.LOG_STREAM_STARTED, "debug"),
-            (n.LOG_STREAM_FIRST_ITEM, "debug"),
-            (n.LOG_STREAM_COMPLETED, "info"),
+            (names.LOG_STREAM_STARTED, "debug"),
+            (names.LOG_STREAM_FIRST_ITEM, "debug"),
+            (names.LOG_STREAM_COMPLETED, "info"),
         ]
         for event in log_events:
             assert (event["trace_id"], event["span_id"]) == (trace_id, span_id)
             assert event["stream"] == "logs"
-            assert event["stream_id"] == span.attributes[n.STREAM_ID]
+            assert event["stream_id"] == span.attributes[names.STREAM_ID]
         assert log_events[-1]["items"] == 2
         assert "a" not in log_events[-1].values()
 
@@ -464,10 +479,10 @@ class TestLogEvents:
     ) -> None:
         """event_loop.lookup carries the ids of the get_current_event_loop span it emitted."""
         get_current_event_loop()
-        (span,) = telemetry.spans(n.SPAN_GET_CURRENT_EVENT_LOOP)
+        (span,) = telemetry.spans(names.SPAN_GET_CURRENT_EVENT_LOOP)
         assert log_events == [
             {
-                "event": n.LOG_EVENT_LOOP_LOOKUP,
+                "event": names.LOG_EVENT_LOOP_LOOKUP,
                 "log_level": "debug",
                 "found": True,
                 "trace_id": trace_api.format_trace_id(span.context.trace_id),
@@ -497,12 +512,12 @@ class TestLogEvents:
         ends = [
             (e["event"], e["log_level"], e.get("error_type"))
             for e in log_events
-            if e["event"] not in (n.LOG_STREAM_STARTED, n.LOG_STREAM_FIRST_ITEM)
+            if e["event"] not in (names.LOG_STREAM_STARTED, names.LOG_STREAM_FIRST_ITEM)
         ]
         assert ends == [
-            (n.LOG_STREAM_ERROR_FORWARDED, "warning", "OSError"),
-            (n.LOG_STREAM_TIMED_OUT, "error", "TimeoutError"),
-            (n.LOG_STREAM_CANCELLED, "warning", "CancelledError"),
+            (names.LOG_STREAM_ERROR_FORWARDED, "warning", "OSError"),
+            (names.LOG_STREAM_TIMED_OUT, "error", "TimeoutError"),
+            (names.LOG_STREAM_CANCELLED, "warning", "CancelledError"),
         ]
 
     def test_cache_events(self, log_events: list[dict[str, Any]]) -> None:
@@ -513,11 +528,11 @@ class TestLogEvents:
         cache.get(1)
         cache.put(2, "b")
         assert [(e["event"], e["log_level"], e["cache"]) for e in log_events] == [
-            (n.LOG_CACHE_MISS, "info", "log-cache"),
-            (n.LOG_CACHE_PUT, "debug", "log-cache"),
-            (n.LOG_CACHE_HIT, "debug", "log-cache"),
-            (n.LOG_CACHE_PUT, "debug", "log-cache"),
-            (n.LOG_CACHE_EVICTED, "info", "log-cache"),
+            (names.LOG_CACHE_MISS, "info", "log-cache"),
+            (names.LOG_CACHE_PUT, "debug", "log-cache"),
+            (names.LOG_CACHE_HIT, "debug", "log-cache"),
+            (names.LOG_CACHE_PUT, "debug", "log-cache"),
+            (names.LOG_CACHE_EVICTED, "info", "log-cache"),
         ]
 
     async def test_gather_and_loop_events(self, log_events: list[dict[str, Any]]) -> None:
@@ -527,9 +542,9 @@ class TestLogEvents:
         with pytest.raises(KeyError):
             await wait_for_all_mots([Thunk(KeyError("k"))])
         assert [(e["event"], e["log_level"]) for e in log_events] == [
-            (n.LOG_EVENT_LOOP_LOOKUP, "debug"),
-            (n.LOG_GATHER_COMPLETED, "info"),
-            (n.LOG_GATHER_FAILED, "warning"),
+            (names.LOG_EVENT_LOOP_LOOKUP, "debug"),
+            (names.LOG_GATHER_COMPLETED, "info"),
+            (names.LOG_GATHER_FAILED, "warning"),
         ]
         assert log_events[2]["error_type"] == "KeyError"
 
@@ -547,9 +562,9 @@ class TestLogEvents:
             await task
         (event,) = log_events
         assert (event["event"], event["log_level"], event["outcome"]) == (
-            n.LOG_GATHER_FAILED,
+            names.LOG_GATHER_FAILED,
             "warning",
-            n.OUTCOME_CANCELLED,
+            names.OUTCOME_CANCELLED,
         )
         assert "error_type" not in event
 
@@ -559,7 +574,11 @@ class TestLogEvents:
         """Without structlog configured, events go to the stdlib logger, not to stdout."""
         await send_to_queue(agen(1), asyncio.Queue(), name="stdlib")
         messages = [r.getMessage().split(" ")[0] for r in stdlib_records.records]
-        assert messages == [n.LOG_STREAM_STARTED, n.LOG_STREAM_FIRST_ITEM, n.LOG_STREAM_COMPLETED]
+        assert messages == [
+            names.LOG_STREAM_STARTED,
+            names.LOG_STREAM_FIRST_ITEM,
+            names.LOG_STREAM_COMPLETED,
+        ]
         assert stdlib_records.records[-1].levelname == "INFO"
         assert capsys.readouterr().out == ""
 
@@ -576,7 +595,7 @@ class TestLogEvents:
 
         await send_to_queue(fails(), asyncio.Queue())
         assert [r.getMessage().split(" ")[0] for r in caplog.records if r.name == "thunkscope"] == [
-            n.LOG_STREAM_ERROR_FORWARDED
+            names.LOG_STREAM_ERROR_FORWARDED
         ]
 
 
@@ -597,7 +616,11 @@ class TestUnderAutoInstrumentation:
             instrumentor.uninstrument()
         assert capsys.readouterr().out == ""
         messages = [r.getMessage().split(" ")[0] for r in stdlib_records.records]
-        assert messages == [n.LOG_STREAM_STARTED, n.LOG_STREAM_FIRST_ITEM, n.LOG_STREAM_COMPLETED]
+        assert messages == [
+            names.LOG_STREAM_STARTED,
+            names.LOG_STREAM_FIRST_ITEM,
+            names.LOG_STREAM_COMPLETED,
+        ]
 
 
 def failure_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -625,7 +648,7 @@ class TestTelemetryThatThrows:
                 assert [s for s in inflight() if s["name"] == "broken-meter"] == []
                 (span,) = providers.exporter.get_finished_spans()
                 assert span.attributes is not None
-                assert span.attributes[n.STREAM_OUTCOME] == n.OUTCOME_COMPLETED
+                assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_COMPLETED
             finally:
                 _telemetry.use_providers()
         places = {r.thunkscope_failure for r in failure_warnings(stdlib_records)}  # type: ignore[attr-defined]

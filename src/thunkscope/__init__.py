@@ -9,6 +9,9 @@ each call observed through OpenTelemetry spans and metrics and structlog events:
     asyncio.create_task(thunkscope.send_to_queue(client.chat(...), queue, chunk_timeout=30))
 
 Importing thunkscope configures nothing; call `configure()` once to export over OTLP.
+
+Public submodules: `thunkscope.names` (every span, attribute, metric and log name thunkscope
+emits, for dashboards, alerts and tests) and `thunkscope.instrumentation` (mellea).
 """
 
 from thunkscope._cache import ClientCache

@@ -35,7 +35,7 @@ from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, Status, StatusCode
 
 from thunkscope import _events as events
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._telemetry import CacheStats, end_span, report_failure, telemetry
 
 K = TypeVar("K", bound=Hashable)
@@ -135,7 +135,7 @@ class ClientCache(Generic[K, V]):
         except TypeError:
             raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
         if self._dead:  # a loop behind some entry was collected: this may be its stale entry
-            return self._lookup_after_sweep(key, value, n.RESULT_HIT)
+            return self._lookup_after_sweep(key, value, names.RESULT_HIT)
         try:
             if (
                 not telemetry.own_providers
@@ -151,7 +151,9 @@ class ClientCache(Generic[K, V]):
         span_wanted = telemetry.cheap_span_wanted()
         log = events.emitter(events.DEBUG)
         if span_wanted or log is not None:
-            self._report(n.SPAN_CACHE_GET, n.LOG_CACHE_HIT, n.RESULT_HIT, span_wanted, log)
+            self._report(
+                names.SPAN_CACHE_GET, names.LOG_CACHE_HIT, names.RESULT_HIT, span_wanted, log
+            )
         return value
 
     def put(self, key: K, value: V) -> None:
@@ -178,8 +180,8 @@ class ClientCache(Generic[K, V]):
         if evictions:
             self._stats.evictions += evictions
         self._report(
-            n.SPAN_CACHE_PUT,
-            n.LOG_CACHE_PUT,
+            names.SPAN_CACHE_PUT,
+            names.LOG_CACHE_PUT,
             None,
             telemetry.cheap_span_wanted(),
             events.emitter(events.DEBUG),
@@ -208,7 +210,7 @@ class ClientCache(Generic[K, V]):
             hash(key)  # an empty OrderedDict answers KeyError without hashing
         except TypeError:
             raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
-        self._lookup_after_sweep(key, None, n.RESULT_MISS)
+        self._lookup_after_sweep(key, None, names.RESULT_MISS)
 
     def _lookup_after_sweep(self, key: K, value: V | None, result: str) -> V | None:
         """Sweep dead loops, then count and report a lookup of `key` as `result`.
@@ -220,20 +222,20 @@ class ClientCache(Generic[K, V]):
             was_stale = self._stale_keys.pop(key, _MISSING) is not _MISSING
         stats = self._stats
         if was_stale:
-            result, value = n.RESULT_STALE, None
+            result, value = names.RESULT_STALE, None
             stats.stale += 1
-        elif result == n.RESULT_HIT:
+        elif result == names.RESULT_HIT:
             stats.hits += 1
         else:
             stats.misses += 1
         if stale:
             stats.evictions += len(stale)
-        if result == n.RESULT_HIT:
-            level, event = events.DEBUG, n.LOG_CACHE_HIT
+        if result == names.RESULT_HIT:
+            level, event = events.DEBUG, names.LOG_CACHE_HIT
         else:
-            level, event = events.INFO, n.LOG_CACHE_MISS
+            level, event = events.INFO, names.LOG_CACHE_MISS
         self._report(
-            n.SPAN_CACHE_GET,
+            names.SPAN_CACHE_GET,
             event,
             result,
             telemetry.cheap_span_wanted(),
@@ -305,7 +307,7 @@ class ClientCache(Generic[K, V]):
         span = None
         if span_wanted:
             any_evicted = evicted if evicted is None else evicted or stale > 0
-            attributes = {n.CACHE_NAME: self.name, **_outcome(size, result, any_evicted)}
+            attributes = {names.CACHE_NAME: self.name, **_outcome(size, result, any_evicted)}
             span = _start_span(span_name, attributes)
         _finish(
             span,
@@ -335,7 +337,7 @@ def start_span(span_name: str, cache_name: str) -> Span | None:
     """The span of one cache operation, if a cheap span is wanted now; end it with `report`."""
     if not telemetry.cheap_span_wanted():
         return None
-    return _start_span(span_name, {n.CACHE_NAME: cache_name})
+    return _start_span(span_name, {names.CACHE_NAME: cache_name})
 
 
 def report(
@@ -362,7 +364,7 @@ def report(
             attributes = _outcome(size, result, evicted)
             if error is not None:
                 error_type = type(error).__qualname__
-                attributes[n.ERROR_TYPE] = error_type
+                attributes[names.ERROR_TYPE] = error_type
                 span.set_status(Status(StatusCode.ERROR, f"raised {error_type}"))
             span.set_attributes(attributes)
         except Exception as exc:
@@ -373,11 +375,11 @@ def report(
 
 def _outcome(size: int, result: str | None, evicted: bool | None) -> dict[str, Any]:
     """The attributes of a cache span that say what the operation did."""
-    attributes: dict[str, Any] = {n.CACHE_SIZE: size}
+    attributes: dict[str, Any] = {names.CACHE_SIZE: size}
     if result is not None:
-        attributes[n.CACHE_RESULT] = result
+        attributes[names.CACHE_RESULT] = result
     if evicted is not None:
-        attributes[n.CACHE_EVICTED] = evicted
+        attributes[names.CACHE_EVICTED] = evicted
     return attributes
 
 
@@ -409,7 +411,7 @@ def _finish(
     if span is not None:
         try:
             for _ in range(evictions):
-                span.add_event(n.EVENT_CACHE_EVICTED, {n.CACHE_NAME: cache_name})
+                span.add_event(names.EVENT_CACHE_EVICTED, {names.CACHE_NAME: cache_name})
         except Exception as exc:
             report_failure("span event", exc)
         end_span(span)
@@ -420,15 +422,19 @@ def _finish(
     if log_eviction is not None:
         for _ in range(stale):
             log_eviction(
-                n.LOG_CACHE_EVICTED, cache=cache_name, reason=n.RESULT_STALE, size=size, **ids
+                names.LOG_CACHE_EVICTED,
+                cache=cache_name,
+                reason=names.RESULT_STALE,
+                size=size,
+                **ids,
             )
     if log is not None:
         fields: dict[str, Any] = {"cache": cache_name, "size": size, "capacity": capacity}
-        if result == n.RESULT_STALE:
+        if result == names.RESULT_STALE:
             fields["result"] = result
         log(event, **fields, **ids)
     if evicted and log_eviction is not None:
-        log_eviction(n.LOG_CACHE_EVICTED, cache=cache_name, size=size, **ids)
+        log_eviction(names.LOG_CACHE_EVICTED, cache=cache_name, size=size, **ids)
 
 
 class _Missing:
@@ -483,7 +489,7 @@ def _evict_hook_failed(cache_name: str, exc: Exception) -> None:
     """An on_evict that raised: a debug event each time, one warning per exception type."""
     events.emit(
         events.DEBUG,
-        n.LOG_CACHE_ON_EVICT_FAILED,
+        names.LOG_CACHE_ON_EVICT_FAILED,
         cache=cache_name,
         error_type=type(exc).__qualname__,
     )

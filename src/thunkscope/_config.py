@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from thunkscope import _events as events
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._export import (
     EXPORT_TIMEOUT_S,
     Exporters,
@@ -54,7 +54,7 @@ from thunkscope._telemetry import SpanMode, telemetry
 
 LogFormat = Literal["json", "console"]
 
-_log = logging.getLogger(n.LOGGER_NAME)
+_log = logging.getLogger(names.LOGGER_NAME)
 
 # Batch settings sized for bursts: a thousand streams ending at once must not overflow
 # the span queue (the SDK default of 2,048 drops spans under that load).

@@ -26,16 +26,16 @@ from typing import Any, Final
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
 
 from thunkscope import _events as events
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._telemetry import end_span, report_failure, telemetry
 from thunkscope._watch import Producer, producer_of
 
 __all__ = ["QueueIterator", "iter_queue"]
 
 _LOG_LEVEL: Final = {
-    n.OUTCOME_COMPLETED: events.DEBUG,
-    n.OUTCOME_ERROR: events.INFO,
-    n.OUTCOME_ABANDONED: events.INFO,
+    names.OUTCOME_COMPLETED: events.DEBUG,
+    names.OUTCOME_ERROR: events.INFO,
+    names.OUTCOME_ABANDONED: events.INFO,
 }
 
 
@@ -89,17 +89,17 @@ class QueueIterator:
         except asyncio.CancelledError:
             # The reader was cancelled: it stopped reading here. Should it catch the
             # cancellation and read on, it still gets every item, past the span's end.
-            self._end(n.OUTCOME_ABANDONED)
+            self._end(names.OUTCOME_ABANDONED)
             raise
         if not self._linked:
             self._link()
         if item is None:
             self._done = True
-            self._end(n.OUTCOME_COMPLETED)
+            self._end(names.OUTCOME_COMPLETED)
             raise StopAsyncIteration
         if isinstance(item, Exception):
             self._done = True
-            self._end(n.OUTCOME_ERROR, item)
+            self._end(names.OUTCOME_ERROR, item)
             raise item
         self._items += 1
         return item
@@ -107,7 +107,7 @@ class QueueIterator:
     async def aclose(self) -> None:
         """Stop reading: the span ends as ``abandoned`` unless it already ended."""
         self._done = True
-        self._end(n.OUTCOME_ABANDONED)
+        self._end(names.OUTCOME_ABANDONED)
 
     async def __aenter__(self) -> QueueIterator:
         return self
@@ -124,7 +124,7 @@ class QueueIterator:
         # A reader that broke out of `async for` without aclose(): end the span now,
         # rather than leave it open for good.
         with contextlib.suppress(Exception):
-            self._end(n.OUTCOME_ABANDONED)
+            self._end(names.OUTCOME_ABANDONED)
 
     # -- the span ------------------------------------------------------------------------------
 
@@ -139,11 +139,11 @@ class QueueIterator:
             attributes: dict[str, str] = {}
             links: list[Link] = []
             if producer is not None:
-                attributes = {n.STREAM_ID: producer.stream_id, n.STREAM_NAME: producer.name}
+                attributes = {names.STREAM_ID: producer.stream_id, names.STREAM_NAME: producer.name}
                 links.append(Link(producer.span_context))
                 self._linked = True
             self._span = telemetry.tracer.start_span(
-                n.SPAN_PROCESS_QUEUE, kind=SpanKind.CONSUMER, attributes=attributes, links=links
+                names.SPAN_PROCESS_QUEUE, kind=SpanKind.CONSUMER, attributes=attributes, links=links
             )
         except Exception as exc:
             report_failure("span start", exc)
@@ -157,7 +157,9 @@ class QueueIterator:
             return
         try:
             span.add_link(producer.span_context)
-            span.set_attributes({n.STREAM_ID: producer.stream_id, n.STREAM_NAME: producer.name})
+            span.set_attributes(
+                {names.STREAM_ID: producer.stream_id, names.STREAM_NAME: producer.name}
+            )
         except Exception as exc:
             report_failure("span link", exc)
 
@@ -170,9 +172,12 @@ class QueueIterator:
         error_type = None if error is None else type(error).__qualname__
         try:
             if span.is_recording():
-                attributes: dict[str, Any] = {n.QUEUE_ITEMS: items, n.QUEUE_OUTCOME: outcome}
+                attributes: dict[str, Any] = {
+                    names.QUEUE_ITEMS: items,
+                    names.QUEUE_OUTCOME: outcome,
+                }
                 if error_type is not None:
-                    attributes[n.ERROR_TYPE] = error_type
+                    attributes[names.ERROR_TYPE] = error_type
                     span.set_status(
                         Status(StatusCode.ERROR, f"the producer forwarded {error_type}")
                     )
@@ -188,4 +193,4 @@ class QueueIterator:
         if error_type is not None:
             fields["error_type"] = error_type
         fields.update(events.span_ids(span))
-        events.emit(_LOG_LEVEL[outcome], n.LOG_QUEUE_CONSUMED, **fields)
+        events.emit(_LOG_LEVEL[outcome], names.LOG_QUEUE_CONSUMED, **fields)

@@ -25,7 +25,7 @@ from opentelemetry.sdk.metrics.export import (
     NumberDataPoint,
 )
 
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._cache import ClientCache
 from thunkscope._gather import wait_for_all_mots
 from thunkscope._loop import get_current_event_loop
@@ -215,10 +215,10 @@ class Summary:
         total = sum(self.streams.values())
         lines.append(f"streams            {total}")
         for outcome in (
-            n.OUTCOME_COMPLETED,
-            n.OUTCOME_ERROR,
-            n.OUTCOME_TIMEOUT,
-            n.OUTCOME_CANCELLED,
+            names.OUTCOME_COMPLETED,
+            names.OUTCOME_ERROR,
+            names.OUTCOME_TIMEOUT,
+            names.OUTCOME_CANCELLED,
         ):
             lines.append(f"  {outcome:<16} {self.streams.get(outcome, 0)}")
         if self.ttfi_mean_s is not None and self.ttfi_max_s is not None:
@@ -231,7 +231,8 @@ class Summary:
         lines.append(f"gathers            {self.gathers}")
         lines.append(
             "client cache       "
-            f"hits {self.cache.get(n.RESULT_HIT, 0)}, misses {self.cache.get(n.RESULT_MISS, 0)}, "
+            f"hits {self.cache.get(names.RESULT_HIT, 0)}, "
+            f"misses {self.cache.get(names.RESULT_MISS, 0)}, "
             f"evictions {self.cache.get('evictions', 0)}"
         )
         return "\n".join(lines)
@@ -245,7 +246,7 @@ def summarize(reader: InMemoryMetricReader, rounds: int) -> Summary:
         return summary
     for resource_metrics in data.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
-            if scope_metrics.scope.name != n.SCOPE:
+            if scope_metrics.scope.name != names.SCOPE:
                 continue
             for metric in scope_metrics.metrics:
                 for point in metric.data.data_points:
@@ -255,23 +256,23 @@ def summarize(reader: InMemoryMetricReader, rounds: int) -> Summary:
 
 def _add(summary: Summary, name: str, point: Any) -> None:
     attributes = dict(point.attributes or {})
-    if name == n.STREAM_DURATION.name and isinstance(point, HistogramDataPoint):
-        outcome = str(attributes.get(n.STREAM_OUTCOME))
+    if name == names.STREAM_DURATION.name and isinstance(point, HistogramDataPoint):
+        outcome = str(attributes.get(names.STREAM_OUTCOME))
         summary.streams[outcome] = summary.streams.get(outcome, 0) + point.count
-    elif name == n.STREAM_TTFI.name and isinstance(point, HistogramDataPoint) and point.count:
+    elif name == names.STREAM_TTFI.name and isinstance(point, HistogramDataPoint) and point.count:
         summary._ttfi_sum += point.sum  # one point per stream name: pool them
         summary._ttfi_count += point.count
         summary.ttfi_max_s = max(point.max, summary.ttfi_max_s or 0.0)
-    elif name == n.STREAM_STALLS.name and isinstance(point, NumberDataPoint):
+    elif name == names.STREAM_STALLS.name and isinstance(point, NumberDataPoint):
         summary.stalls += int(point.value)
-    elif name == n.QUEUE_PUT_WAIT.name and isinstance(point, HistogramDataPoint):
+    elif name == names.QUEUE_PUT_WAIT.name and isinstance(point, HistogramDataPoint):
         summary.blocked_on_put += point.count  # recorded only for streams that blocked
-    elif name == n.GATHER_DURATION.name and isinstance(point, HistogramDataPoint):
+    elif name == names.GATHER_DURATION.name and isinstance(point, HistogramDataPoint):
         summary.gathers += point.count
-    elif name == n.CACHE_LOOKUPS.name and isinstance(point, NumberDataPoint):
-        result = str(attributes.get(n.CACHE_RESULT))
+    elif name == names.CACHE_LOOKUPS.name and isinstance(point, NumberDataPoint):
+        result = str(attributes.get(names.CACHE_RESULT))
         summary.cache[result] = summary.cache.get(result, 0) + int(point.value)
-    elif name == n.CACHE_EVICTIONS.name and isinstance(point, NumberDataPoint):
+    elif name == names.CACHE_EVICTIONS.name and isinstance(point, NumberDataPoint):
         summary.cache["evictions"] = summary.cache.get("evictions", 0) + int(point.value)
 
 

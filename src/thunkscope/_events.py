@@ -23,7 +23,7 @@ import structlog
 from opentelemetry import trace as trace_api
 from opentelemetry.trace import Span
 
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._telemetry import report_failure
 
 DEBUG: Final = logging.DEBUG
@@ -33,8 +33,8 @@ ERROR: Final = logging.ERROR
 
 _METHOD = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"}
 
-_stdlib = logging.getLogger(n.LOGGER_NAME)
-_structlog = structlog.get_logger(n.LOGGER_NAME)
+_stdlib = logging.getLogger(names.LOGGER_NAME)
+_structlog = structlog.get_logger(names.LOGGER_NAME)
 
 # Whether structlog was configured, read off its config object: one attribute read
 # instead of `structlog.is_configured()`, which costs more than a cache hit.

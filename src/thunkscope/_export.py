@@ -33,11 +33,11 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from thunkscope import _names as n
+from thunkscope import names
 
 Protocol = Literal["http/protobuf", "grpc"]
 
-_log = logging.getLogger(n.LOGGER_NAME)
+_log = logging.getLogger(names.LOGGER_NAME)
 T = TypeVar("T")
 
 EXPORT_TIMEOUT_S: Final = 3.0
@@ -99,13 +99,13 @@ _GATED_LOGGERS: Final = (
 def install_log_gate() -> None:
     """Attach the gate to the loggers OTel's export path logs on (a filter sees only its own
     logger's records, so each one needs it)."""
-    names = set(_GATED_LOGGERS)
-    names.update(
+    gated = set(_GATED_LOGGERS)
+    gated.update(
         name
         for name, logger in list(logging.root.manager.loggerDict.items())
         if isinstance(logger, logging.Logger) and name.startswith(_GATED_PREFIXES)
     )
-    for name in names:
+    for name in gated:
         logger = logging.getLogger(name)
         if _gate not in logger.filters:
             logger.addFilter(_gate)

@@ -17,7 +17,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 
 from thunkscope import _events as events
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._telemetry import captured, end_span, report_failure, telemetry
 
 
@@ -85,7 +85,7 @@ def _start_span(size: int) -> Span:
         return INVALID_SPAN
     try:
         return telemetry.tracer.start_span(
-            n.SPAN_WAIT_FOR_ALL_MOTS, attributes={n.GATHER_SIZE: size}
+            names.SPAN_WAIT_FOR_ALL_MOTS, attributes={names.GATHER_SIZE: size}
         )
     except Exception as exc:
         report_failure("span start", exc)
@@ -94,46 +94,46 @@ def _start_span(size: int) -> Span:
 
 def _finish(span: Span, size: int, error: BaseException | None, duration: float) -> None:
     if error is None:
-        outcome, error_type = n.OUTCOME_COMPLETED, None
+        outcome, error_type = names.OUTCOME_COMPLETED, None
     elif isinstance(error, asyncio.CancelledError):
-        outcome, error_type = n.OUTCOME_CANCELLED, None
+        outcome, error_type = names.OUTCOME_CANCELLED, None
     else:
-        outcome, error_type = n.OUTCOME_ERROR, type(error).__qualname__
+        outcome, error_type = names.OUTCOME_ERROR, type(error).__qualname__
     message = None if error_type is None else captured(error)
     try:
         if span.is_recording():
-            span.set_attribute(n.GATHER_OUTCOME, outcome)
+            span.set_attribute(names.GATHER_OUTCOME, outcome)
             if error_type is not None:
-                span.set_attribute(n.ERROR_TYPE, error_type)
+                span.set_attribute(names.ERROR_TYPE, error_type)
                 span.set_status(Status(StatusCode.ERROR, f"a thunk raised {error_type}"))
                 if message is not None:
                     span.add_event(
-                        n.EVENT_EXCEPTION,
-                        {n.EXCEPTION_TYPE: error_type, n.EXCEPTION_MESSAGE: message},
+                        names.EVENT_EXCEPTION,
+                        {names.EXCEPTION_TYPE: error_type, names.EXCEPTION_MESSAGE: message},
                     )
     except Exception as exc:
         report_failure("span attributes", exc)
     finally:
         end_span(span)
     try:
-        labels = {n.GATHER_OUTCOME: outcome}
+        labels = {names.GATHER_OUTCOME: outcome}
         if error_type is not None:
-            labels[n.ERROR_TYPE] = error_type
+            labels[names.ERROR_TYPE] = error_type
         instruments = telemetry.instruments
         instruments.gather_duration.record(duration, labels)
         instruments.gather_size.record(size)
     except Exception as exc:
         report_failure("gather metrics", exc)
     # Completions log at info; failures and cancellations at warning.
-    if outcome == n.OUTCOME_COMPLETED:
-        level, event = events.INFO, n.LOG_GATHER_COMPLETED
+    if outcome == names.OUTCOME_COMPLETED:
+        level, event = events.INFO, names.LOG_GATHER_COMPLETED
     else:
-        level, event = events.WARNING, n.LOG_GATHER_FAILED
+        level, event = events.WARNING, names.LOG_GATHER_FAILED
     if not events.enabled(level):
         return
     fields: dict[str, Any] = {} if error_type is None else {"error_type": error_type}
     fields.update(size=size, outcome=outcome, duration_s=round(duration, 6))
     fields.update(events.span_ids(span))
     if message is not None:
-        fields[n.LOG_ERROR_MESSAGE] = message
+        fields[names.LOG_ERROR_MESSAGE] = message
     events.emit(level, event, **fields)

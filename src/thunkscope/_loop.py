@@ -7,7 +7,7 @@ import asyncio
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from thunkscope import _events as events
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._telemetry import end_span, report_failure, telemetry
 
 
@@ -35,13 +35,13 @@ def observe_lookup(found: bool) -> None:
     span = _record_span(found) if telemetry.cheap_span_wanted() else INVALID_SPAN
     log = events.emitter(events.DEBUG)
     if log is not None:
-        log(n.LOG_EVENT_LOOP_LOOKUP, found=found, **events.span_ids(span))
+        log(names.LOG_EVENT_LOOP_LOOKUP, found=found, **events.span_ids(span))
 
 
 def _record_span(found: bool) -> Span:
     try:
         span = telemetry.tracer.start_span(
-            n.SPAN_GET_CURRENT_EVENT_LOOP, attributes={n.EVENT_LOOP_FOUND: found}
+            names.SPAN_GET_CURRENT_EVENT_LOOP, attributes={names.EVENT_LOOP_FOUND: found}
         )
     except Exception as exc:
         report_failure("span start", exc)

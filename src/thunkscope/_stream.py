@@ -22,7 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from thunkscope import _events as events
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._telemetry import (
     captured,
     end_span,
@@ -99,7 +99,10 @@ async def send_to_queue(
         # error on the queue rather than wait for a sentinel that never comes.
         _close_unawaited(co)
         events.emit(
-            events.ERROR, n.LOG_STREAM_BAD_ARGUMENT, error_type=type(exc).__name__, reason=str(exc)
+            events.ERROR,
+            names.LOG_STREAM_BAD_ARGUMENT,
+            error_type=type(exc).__name__,
+            reason=str(exc),
         )
         await aqueue.put(exc)
         return
@@ -120,10 +123,10 @@ async def send_to_queue(
     cancelling = 0 if watch.task is None else watch.task.cancelling()
     token = begin_stream(watch, aqueue)
     if events.enabled(events.DEBUG):
-        events.emit(events.DEBUG, n.LOG_STREAM_STARTED, stream_id=stream_id, stream=name)
+        events.emit(events.DEBUG, names.LOG_STREAM_STARTED, stream_id=stream_id, stream=name)
 
     mode: str | None = None
-    outcome = n.OUTCOME_COMPLETED
+    outcome = names.OUTCOME_COMPLETED
     error: BaseException | None = None
     response: Any = None
     try:
@@ -135,11 +138,11 @@ async def send_to_queue(
             response = co
         watch.backend_type = backend_type_of(response)
         if isinstance(response, AsyncIterator):
-            mode = n.MODE_ITERATOR
+            mode = names.MODE_ITERATOR
             watch.start_iterating(time.monotonic())
             await _pump(response, aqueue, watch)
         else:
-            mode = n.MODE_SINGLE
+            mode = names.MODE_SINGLE
             watch.note_item(time.monotonic())
             watch.items = 1
             if not _put_at_once(aqueue, response):
@@ -148,35 +151,35 @@ async def send_to_queue(
         if not _put_at_once(aqueue, None):
             await watch.put(aqueue, None)
         if span.is_recording():
-            _add_event(span, n.EVENT_SENTINEL, {n.STREAM_ITEMS: watch.items})
+            _add_event(span, names.EVENT_SENTINEL, {names.STREAM_ITEMS: watch.items})
     except asyncio.CancelledError as exc:
         task = watch.task
         if not (watch.expired and task is not None and task.uncancel() <= cancelling):
-            outcome, error = n.OUTCOME_CANCELLED, exc
+            outcome, error = names.OUTCOME_CANCELLED, exc
             raise
-        outcome = n.OUTCOME_TIMEOUT
+        outcome = names.OUTCOME_TIMEOUT
         error = _timeout_error(timeout)
         watch.disarm()  # the deadline must not fire again while the iterator is closed
         try:
             await _on_stream_timeout(watch, aqueue, error, on_timeout)
         except asyncio.CancelledError as cancelled:
             # Cancelled before the TimeoutError reached the queue: the consumer got nothing.
-            outcome, error = n.OUTCOME_CANCELLED, cancelled
+            outcome, error = names.OUTCOME_CANCELLED, cancelled
             raise
         await _close_iterator(response, watch)
     except Exception as exc:
-        outcome, error = n.OUTCOME_ERROR, exc
+        outcome, error = names.OUTCOME_ERROR, exc
         watch.disarm()
         try:
             await watch.put(aqueue, exc)
         except asyncio.CancelledError as cancelled:
             # Cancelled while blocked on a full queue: the exception never got through.
-            outcome, error = n.OUTCOME_CANCELLED, cancelled
+            outcome, error = names.OUTCOME_CANCELLED, cancelled
             raise
         if span.is_recording():
-            _add_event(span, n.EVENT_ERROR_FORWARDED, _error_attributes(exc))
+            _add_event(span, names.EVENT_ERROR_FORWARDED, _error_attributes(exc))
     except BaseException as exc:  # KeyboardInterrupt, SystemExit, GeneratorExit: never kept
-        outcome, error = n.OUTCOME_ERROR, exc
+        outcome, error = names.OUTCOME_ERROR, exc
         raise
     finally:
         watch.disarm()
@@ -305,9 +308,11 @@ async def _on_stream_timeout(
 ) -> None:
     """The deadline expired: tell the backend, then the consumer (the caller closes)."""
     if watch.span.is_recording():
-        _add_event(watch.span, n.EVENT_TIMEOUT, {n.STREAM_CHUNK_TIMEOUT: watch.timeout or 0.0})
+        _add_event(
+            watch.span, names.EVENT_TIMEOUT, {names.STREAM_CHUNK_TIMEOUT: watch.timeout or 0.0}
+        )
     if on_timeout is not None:
-        await _call_quietly(on_timeout, watch, events.ERROR, n.LOG_STREAM_ON_TIMEOUT_FAILED)
+        await _call_quietly(on_timeout, watch, events.ERROR, names.LOG_STREAM_ON_TIMEOUT_FAILED)
     await watch.put(aqueue, error)
 
 
@@ -315,7 +320,7 @@ async def _close_iterator(iterator: Any, watch: StreamWatch) -> None:
     """Close a stalled iterator so its connection is released; never raise."""
     close = getattr(iterator, "aclose", None) or getattr(iterator, "close", None)
     if close is not None:
-        await _call_quietly(close, watch, events.WARNING, n.LOG_STREAM_CLOSE_FAILED)
+        await _call_quietly(close, watch, events.WARNING, names.LOG_STREAM_CLOSE_FAILED)
 
 
 async def _call_quietly(
@@ -348,9 +353,9 @@ def _start_span(name: str, stream_id: str) -> Span:
         return INVALID_SPAN
     try:
         return telemetry.tracer.start_span(
-            n.SPAN_SEND_TO_QUEUE,
+            names.SPAN_SEND_TO_QUEUE,
             kind=SpanKind.PRODUCER,
-            attributes={n.STREAM_NAME: name, n.STREAM_ID: stream_id},
+            attributes={names.STREAM_NAME: name, names.STREAM_ID: stream_id},
         )
     except Exception as exc:
         report_failure("span start", exc)
@@ -366,10 +371,10 @@ def _add_event(span: Span, name: str, attributes: dict[str, Any]) -> None:
 
 
 _LOG_BY_OUTCOME: Final = {
-    n.OUTCOME_COMPLETED: (events.INFO, n.LOG_STREAM_COMPLETED),
-    n.OUTCOME_ERROR: (events.WARNING, n.LOG_STREAM_ERROR_FORWARDED),
-    n.OUTCOME_TIMEOUT: (events.ERROR, n.LOG_STREAM_TIMED_OUT),
-    n.OUTCOME_CANCELLED: (events.WARNING, n.LOG_STREAM_CANCELLED),
+    names.OUTCOME_COMPLETED: (events.INFO, names.LOG_STREAM_COMPLETED),
+    names.OUTCOME_ERROR: (events.WARNING, names.LOG_STREAM_ERROR_FORWARDED),
+    names.OUTCOME_TIMEOUT: (events.ERROR, names.LOG_STREAM_TIMED_OUT),
+    names.OUTCOME_CANCELLED: (events.WARNING, names.LOG_STREAM_CANCELLED),
 }
 
 
@@ -382,21 +387,21 @@ def _finish(
     ttfi = None if watch.first_item_at is None else watch.first_item_at - watch.started
     error_type = None if error is None else type(error).__qualname__
     # The error that makes this stream a failure (a cancellation is not one).
-    failure = error_type if outcome != n.OUTCOME_CANCELLED else None
+    failure = error_type if outcome != names.OUTCOME_CANCELLED else None
     try:
         if span.is_recording():
             attributes: dict[str, Any] = {
-                n.STREAM_ITEMS: watch.items,
-                n.STREAM_OUTCOME: outcome,
-                n.STREAM_MAX_ITEM_GAP: watch.max_gap,
-                n.STREAM_PUT_WAIT: watch.put_wait,
+                names.STREAM_ITEMS: watch.items,
+                names.STREAM_OUTCOME: outcome,
+                names.STREAM_MAX_ITEM_GAP: watch.max_gap,
+                names.STREAM_PUT_WAIT: watch.put_wait,
             }
             if mode is not None:
-                attributes[n.STREAM_MODE] = mode
+                attributes[names.STREAM_MODE] = mode
             if ttfi is not None:
-                attributes[n.STREAM_TIME_TO_FIRST_ITEM] = ttfi
+                attributes[names.STREAM_TIME_TO_FIRST_ITEM] = ttfi
             if failure is not None:
-                attributes[n.ERROR_TYPE] = failure
+                attributes[names.ERROR_TYPE] = failure
                 span.set_status(
                     Status(StatusCode.ERROR, _status_description(outcome, watch, failure))
                 )
@@ -407,10 +412,10 @@ def _finish(
         end_span(span)
     try:
         label = telemetry.stream_names.fold(watch.name)
-        by_name = {n.STREAM_NAME: label}
-        duration_labels = {n.STREAM_NAME: label, n.STREAM_OUTCOME: outcome}
+        by_name = {names.STREAM_NAME: label}
+        duration_labels = {names.STREAM_NAME: label, names.STREAM_OUTCOME: outcome}
         if failure is not None:
-            duration_labels[n.ERROR_TYPE] = failure
+            duration_labels[names.ERROR_TYPE] = failure
         # The context the records would look up themselves (the stream's span is still
         # attached): handing it over spares the SDK a lookup per record, and exemplars
         # keep their trace link.
@@ -423,7 +428,7 @@ def _finish(
             instruments.queue_put_wait.record(watch.put_wait, by_name, context)
         if ttfi is not None:
             instruments.stream_ttfi.record(ttfi, by_name, context)
-        if mode == n.MODE_ITERATOR:
+        if mode == names.MODE_ITERATOR:
             instruments.stream_items.record(watch.items, by_name, context)
             if watch.items >= 2:
                 instruments.stream_max_gap.record(watch.max_gap, by_name, context)
@@ -446,21 +451,21 @@ def _finish(
         fields["error_type"] = error_type
         message = captured(error)
         if message is not None:
-            fields[n.LOG_ERROR_MESSAGE] = message
+            fields[names.LOG_ERROR_MESSAGE] = message
     fields.update(events.span_ids(span))
     events.emit(level, event, **fields)
 
 
 def _error_attributes(exc: BaseException) -> dict[str, str]:
     """The forwarded error's type; its message too, only when content capture is on."""
-    attributes = {n.ERROR_TYPE: type(exc).__qualname__}
+    attributes = {names.ERROR_TYPE: type(exc).__qualname__}
     message = captured(exc)
     if message is not None:
-        attributes[n.EXCEPTION_MESSAGE] = message
+        attributes[names.EXCEPTION_MESSAGE] = message
     return attributes
 
 
 def _status_description(outcome: str, watch: StreamWatch, error_type: str) -> str:
-    if outcome == n.OUTCOME_TIMEOUT:
+    if outcome == names.OUTCOME_TIMEOUT:
         return f"no item from the backend within chunk_timeout={watch.timeout:g}s"
     return f"backend raised {error_type}"

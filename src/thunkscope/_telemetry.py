@@ -24,7 +24,7 @@ from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._version import __version__
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 SpanMode = Literal["all", "in_trace"]
 
-_stdlib_log = logging.getLogger(n.LOGGER_NAME)
+_stdlib_log = logging.getLogger(names.LOGGER_NAME)
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -109,8 +109,8 @@ class Settings:
 
 # --- opt-in content capture ------------------------------------------------------------------
 
-EXCEPTION_MESSAGE = n.EXCEPTION_MESSAGE
-LOG_ERROR_MESSAGE = n.LOG_ERROR_MESSAGE
+EXCEPTION_MESSAGE = names.EXCEPTION_MESSAGE
+LOG_ERROR_MESSAGE = names.LOG_ERROR_MESSAGE
 
 TRUNCATED_MARK = "…[truncated]"
 
@@ -326,7 +326,7 @@ class Telemetry:
         tracer = self._tracer
         if tracer is None:
             tracer = self._tracer = trace_api.get_tracer(
-                n.SCOPE, __version__, tracer_provider=self._tracer_provider
+                names.SCOPE, __version__, tracer_provider=self._tracer_provider
             )
         return tracer
 
@@ -341,7 +341,7 @@ class Telemetry:
                 instruments = self._instruments
                 if instruments is None:
                     meter = metrics_api.get_meter(
-                        n.SCOPE, __version__, meter_provider=self._meter_provider
+                        names.SCOPE, __version__, meter_provider=self._meter_provider
                     )
                     instruments = self._instruments = Instruments(meter, self)
         return instruments
@@ -369,7 +369,7 @@ class Instruments:
     def __init__(self, meter: Meter, telemetry: Telemetry) -> None:
         self._telemetry = telemetry
 
-        def histogram(metric: n.Metric, buckets: Iterable[float]) -> Histogram:
+        def histogram(metric: names.Metric, buckets: Iterable[float]) -> Histogram:
             return meter.create_histogram(
                 metric.name,
                 unit=metric.unit,
@@ -377,27 +377,29 @@ class Instruments:
                 explicit_bucket_boundaries_advisory=list(buckets),
             )
 
-        self.stream_duration = histogram(n.STREAM_DURATION, n.SECONDS_BUCKETS)
-        self.stream_ttfi = histogram(n.STREAM_TTFI, n.SECONDS_BUCKETS)
-        self.stream_max_gap = histogram(n.STREAM_MAX_GAP, n.SECONDS_BUCKETS)
-        self.stream_items = histogram(n.STREAM_ITEM_COUNT, n.COUNT_BUCKETS)
-        self.queue_put_wait = histogram(n.QUEUE_PUT_WAIT, n.SECONDS_BUCKETS)
-        self.gather_duration = histogram(n.GATHER_DURATION, n.SECONDS_BUCKETS)
-        self.gather_size = histogram(n.GATHER_SIZE_METRIC, n.COUNT_BUCKETS)
+        self.stream_duration = histogram(names.STREAM_DURATION, names.SECONDS_BUCKETS)
+        self.stream_ttfi = histogram(names.STREAM_TTFI, names.SECONDS_BUCKETS)
+        self.stream_max_gap = histogram(names.STREAM_MAX_GAP, names.SECONDS_BUCKETS)
+        self.stream_items = histogram(names.STREAM_ITEM_COUNT, names.COUNT_BUCKETS)
+        self.queue_put_wait = histogram(names.QUEUE_PUT_WAIT, names.SECONDS_BUCKETS)
+        self.gather_duration = histogram(names.GATHER_DURATION, names.SECONDS_BUCKETS)
+        self.gather_size = histogram(names.GATHER_SIZE_METRIC, names.COUNT_BUCKETS)
         self.stream_stalls = meter.create_counter(
-            n.STREAM_STALLS.name, unit=n.STREAM_STALLS.unit, description=n.STREAM_STALLS.description
+            names.STREAM_STALLS.name,
+            unit=names.STREAM_STALLS.unit,
+            description=names.STREAM_STALLS.description,
         )
         observable = (
             (
                 meter.create_observable_up_down_counter,
-                n.STREAM_ACTIVE,
+                names.STREAM_ACTIVE,
                 self._observe_active_streams,
             ),
-            (meter.create_observable_counter, n.CACHE_LOOKUPS, self._observe_cache_lookups),
-            (meter.create_observable_counter, n.CACHE_EVICTIONS, self._observe_cache_evictions),
-            (meter.create_observable_gauge, n.CACHE_ENTRY_COUNT, self._observe_cache_entries),
-            (meter.create_observable_gauge, n.CACHE_ENTRY_LIMIT, self._observe_cache_limits),
-            (meter.create_observable_counter, n.EVENT_LOOP_LOOKUPS, self._observe_loop_lookups),
+            (meter.create_observable_counter, names.CACHE_LOOKUPS, self._observe_cache_lookups),
+            (meter.create_observable_counter, names.CACHE_EVICTIONS, self._observe_cache_evictions),
+            (meter.create_observable_gauge, names.CACHE_ENTRY_COUNT, self._observe_cache_entries),
+            (meter.create_observable_gauge, names.CACHE_ENTRY_LIMIT, self._observe_cache_limits),
+            (meter.create_observable_counter, names.EVENT_LOOP_LOOKUPS, self._observe_loop_lookups),
         )
         for create, metric, callback in observable:
             create(
@@ -407,33 +409,39 @@ class Instruments:
     def _observe_active_streams(self, _: CallbackOptions) -> Iterator[Observation]:
         active = self._telemetry.active_streams()
         for name in self._telemetry.stream_names.labels():
-            yield Observation(active.get(name, 0), {n.STREAM_NAME: name})
+            yield Observation(active.get(name, 0), {names.STREAM_NAME: name})
 
     def _observe_cache_lookups(self, _: CallbackOptions) -> Iterator[Observation]:
         for name, stats in list(self._telemetry.cache_stats.items()):
-            yield Observation(stats.hits, {n.CACHE_NAME: name, n.CACHE_RESULT: n.RESULT_HIT})
-            yield Observation(stats.misses, {n.CACHE_NAME: name, n.CACHE_RESULT: n.RESULT_MISS})
+            yield Observation(
+                stats.hits, {names.CACHE_NAME: name, names.CACHE_RESULT: names.RESULT_HIT}
+            )
+            yield Observation(
+                stats.misses, {names.CACHE_NAME: name, names.CACHE_RESULT: names.RESULT_MISS}
+            )
             if stats.stale:
-                yield Observation(stats.stale, {n.CACHE_NAME: name, n.CACHE_RESULT: n.RESULT_STALE})
+                yield Observation(
+                    stats.stale, {names.CACHE_NAME: name, names.CACHE_RESULT: names.RESULT_STALE}
+                )
 
     def _observe_cache_evictions(self, _: CallbackOptions) -> Iterator[Observation]:
         for name, stats in list(self._telemetry.cache_stats.items()):
-            yield Observation(stats.evictions, {n.CACHE_NAME: name})
+            yield Observation(stats.evictions, {names.CACHE_NAME: name})
 
     def _observe_cache_entries(self, _: CallbackOptions) -> Iterator[Observation]:
         for name, stats in list(self._telemetry.cache_stats.items()):
             total = sum(cache.current_size() for cache in live_caches(stats))
-            yield Observation(total, {n.CACHE_NAME: name})
+            yield Observation(total, {names.CACHE_NAME: name})
 
     def _observe_cache_limits(self, _: CallbackOptions) -> Iterator[Observation]:
         for name, stats in list(self._telemetry.cache_stats.items()):
             total = sum(cache.capacity for cache in live_caches(stats))
-            yield Observation(total, {n.CACHE_NAME: name})
+            yield Observation(total, {names.CACHE_NAME: name})
 
     def _observe_loop_lookups(self, _: CallbackOptions) -> Iterator[Observation]:
         stats = self._telemetry.loop_stats
-        yield Observation(stats.found, {n.EVENT_LOOP_FOUND: True})
-        yield Observation(stats.missing, {n.EVENT_LOOP_FOUND: False})
+        yield Observation(stats.found, {names.EVENT_LOOP_FOUND: True})
+        yield Observation(stats.missing, {names.EVENT_LOOP_FOUND: False})
 
 
 telemetry = Telemetry()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from opentelemetry import trace as trace_api
 
 from thunkscope import _events as events
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._deadlines import Check, deadlines
 from thunkscope._telemetry import report_failure, telemetry
 
@@ -207,11 +207,11 @@ class StreamWatch:
             self.first_item_at = now
             try:
                 if self.span.is_recording():
-                    self.span.add_event(n.EVENT_FIRST_ITEM)
+                    self.span.add_event(names.EVENT_FIRST_ITEM)
                 if events.enabled(events.DEBUG):
                     events.emit(
                         events.DEBUG,
-                        n.LOG_STREAM_FIRST_ITEM,
+                        names.LOG_STREAM_FIRST_ITEM,
                         stream_id=self.stream_id,
                         stream=self.name,
                         time_to_first_item_s=round(now - self.started, 6),
@@ -270,9 +270,11 @@ class StreamWatch:
         self.stall_started = self.last
         self.watermark = -1.0  # the next item takes the slow path and reports the resume
         self.state = STALLED  # the timer checks a blocked put before it comes to this
-        self._tell(n.EVENT_STALLED, {n.STREAM_GAP: idle}, events.WARNING, gap_s=round(idle, 6))
+        self._tell(
+            names.EVENT_STALLED, {names.STREAM_GAP: idle}, events.WARNING, gap_s=round(idle, 6)
+        )
         telemetry.instruments.stream_stalls.add(
-            1, {n.STREAM_NAME: telemetry.stream_names.fold(self.name)}
+            1, {names.STREAM_NAME: telemetry.stream_names.fold(self.name)}
         )
 
     def resume(self, now: float) -> None:
@@ -289,7 +291,9 @@ class StreamWatch:
             self.state = AWAITING_ITEM
         gap = now - start
         try:
-            self._tell(n.EVENT_RESUMED, {n.STREAM_GAP: gap}, events.INFO, gap_s=round(gap, 6))
+            self._tell(
+                names.EVENT_RESUMED, {names.STREAM_GAP: gap}, events.INFO, gap_s=round(gap, 6)
+            )
         except Exception as exc:
             report_failure("stream watch", exc)
 
@@ -299,7 +303,10 @@ class StreamWatch:
         self.backpressure_warned = True
         waited = now - self.put_started
         self._tell(
-            n.EVENT_BACKPRESSURE, {n.QUEUE_WAIT: waited}, events.WARNING, blocked_s=round(waited, 6)
+            names.EVENT_BACKPRESSURE,
+            {names.QUEUE_WAIT: waited},
+            events.WARNING,
+            blocked_s=round(waited, 6),
         )
 
     def _tell(self, event: str, attributes: dict[str, float], level: int, **fields: float) -> None:
@@ -309,7 +316,7 @@ class StreamWatch:
         explicitly. The span event and the log both carry the items so far.
         """
         if self.span.is_recording():
-            self.span.add_event(event, {**attributes, n.STREAM_ITEMS: self.items})
+            self.span.add_event(event, {**attributes, names.STREAM_ITEMS: self.items})
         events.emit(
             level,
             event,

@@ -26,7 +26,7 @@ from opentelemetry.trace import Span
 
 from thunkscope import _cache as core_cache
 from thunkscope import _events as events
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._telemetry import CacheStats, end_span, telemetry
 from thunkscope.instrumentation._stream import label_for_module
 
@@ -71,12 +71,12 @@ def _report(
     error: BaseException | None = None,
 ) -> None:
     """End the operation's span and log it, as thunkscope's own ClientCache does."""
-    if result == n.RESULT_HIT:
-        level, event = events.DEBUG, n.LOG_CACHE_HIT
-    elif result == n.RESULT_MISS:
-        level, event = events.INFO, n.LOG_CACHE_MISS
+    if result == names.RESULT_HIT:
+        level, event = events.DEBUG, names.LOG_CACHE_HIT
+    elif result == names.RESULT_MISS:
+        level, event = events.INFO, names.LOG_CACHE_MISS
     else:
-        level, event = events.DEBUG, n.LOG_CACHE_PUT
+        level, event = events.DEBUG, names.LOG_CACHE_PUT
     core_cache.report(
         span, name, len(cache.cache), cache.capacity, level, event,
         result=result, evicted=evicted, error=error,
@@ -86,7 +86,7 @@ def _report(
 def get_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``ClientCache.get``: mellea's lookup, then a hit or a miss (a cached None is a miss)."""
     name, stats = _identify(instance)
-    span = core_cache.start_span(n.SPAN_CACHE_GET, name)
+    span = core_cache.start_span(names.SPAN_CACHE_GET, name)
     try:
         value = wrapped(*args, **kwargs)
     except BaseException as exc:
@@ -94,10 +94,10 @@ def get_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict
         raise
     if value is None:
         stats.misses += 1
-        _report(span, instance, name, result=n.RESULT_MISS, evicted=None)
+        _report(span, instance, name, result=names.RESULT_MISS, evicted=None)
     else:
         stats.hits += 1
-        _report(span, instance, name, result=n.RESULT_HIT, evicted=None)
+        _report(span, instance, name, result=names.RESULT_HIT, evicted=None)
     return value
 
 
@@ -108,7 +108,7 @@ def make_put_wrapper(*, locked_evictions: bool) -> Wrapper:
         wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         name, stats = _identify(instance)
-        span = core_cache.start_span(n.SPAN_CACHE_PUT, name)
+        span = core_cache.start_span(names.SPAN_CACHE_PUT, name)
         previous = _flag.evicted
         _flag.evicted = False
         if not locked_evictions:
@@ -136,7 +136,7 @@ def get_or_create_wrapper(
 ) -> Any:
     """``ClientCache.get_or_create`` (0.8): a hit, or a miss that built a value."""
     name, stats = _identify(instance)
-    span = core_cache.start_span(n.SPAN_CACHE_GET_OR_CREATE, name)
+    span = core_cache.start_span(names.SPAN_CACHE_GET_OR_CREATE, name)
     built = False
     if len(args) >= 2:
         key, factory = args[0], args[1]
@@ -165,7 +165,7 @@ def get_or_create_wrapper(
         _flag.evicted = previous
         if built:
             stats.misses += 1
-        _report(span, instance, name, result=n.RESULT_MISS if built else None, evicted=None,
+        _report(span, instance, name, result=names.RESULT_MISS if built else None, evicted=None,
                 error=exc)  # fmt: skip
         raise
     evicted = _flag.evicted
@@ -176,7 +176,7 @@ def get_or_create_wrapper(
         stats.hits += 1
     if evicted:
         stats.evictions += 1
-    _report(span, instance, name, result=n.RESULT_MISS if built else n.RESULT_HIT,
+    _report(span, instance, name, result=names.RESULT_MISS if built else names.RESULT_HIT,
             evicted=evicted)  # fmt: skip
     return value
 

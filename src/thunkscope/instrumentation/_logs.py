@@ -18,8 +18,8 @@ from opentelemetry import trace as trace_api
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
 
-from thunkscope._names import LOGGER_NAME
 from thunkscope._version import __version__
+from thunkscope.names import LOGGER_NAME
 
 _SEVERITY: Final = {
     logging.DEBUG: SeverityNumber.DEBUG,

@@ -33,13 +33,13 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
-from thunkscope import _names as n
+from thunkscope import names
 from thunkscope._telemetry import telemetry
 from thunkscope.instrumentation import _cache, _helpers
 from thunkscope.instrumentation._stream import label_for_module, make_send_to_queue_wrapper
 from thunkscope.instrumentation.package import _instruments
 
-_log = logging.getLogger(n.LOGGER_NAME)
+_log = logging.getLogger(names.LOGGER_NAME)
 
 INSTALL_HINT: Final = (
     "thunkscope's MelleaInstrumentor instruments mellea, which is not installed: "
@@ -217,7 +217,7 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._own_providers = False
         handler = self._log_handler
         if handler is not None:
-            logging.getLogger(n.LOGGER_NAME).removeHandler(handler)
+            logging.getLogger(names.LOGGER_NAME).removeHandler(handler)
             self._log_handler = None
 
 
@@ -234,5 +234,5 @@ def _log_bridge(logger_provider: Any) -> logging.Handler:
     from thunkscope.instrumentation._logs import OTelLogHandler
 
     handler = OTelLogHandler(logger_provider)
-    logging.getLogger(n.LOGGER_NAME).addHandler(handler)
+    logging.getLogger(names.LOGGER_NAME).addHandler(handler)
     return handler

@@ -34,8 +34,8 @@ import structlog
 from opentelemetry import context as otel_context
 
 from thunkscope import _events as events
-from thunkscope import _names as n
 from thunkscope import _stream as core_stream
+from thunkscope import names
 from thunkscope._telemetry import report_failure, telemetry
 from thunkscope._watch import (
     AWAITING_ITEM,
@@ -89,10 +89,10 @@ class _Observation:
         now = time.monotonic()
         watch.backend_type = backend_type_of(response)
         if isinstance(response, AsyncIterator):
-            self.mode = n.MODE_ITERATOR
+            self.mode = names.MODE_ITERATOR
             watch.start_iterating(now)
             return _ObservedIterator(response, self)
-        self.mode = n.MODE_SINGLE
+        self.mode = names.MODE_SINGLE
         watch.note_item(now)
         watch.items = 1
         self.before_put(now)
@@ -246,7 +246,7 @@ async def observe_send_to_queue(
     token = core_stream.begin_stream(watch, queue)
     log_ids = _ids.log_fields(ids)
     events.emit(
-        events.DEBUG, n.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name, **log_ids
+        events.DEBUG, names.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name, **log_ids
     )
 
     observation = _Observation(watch, queue)
@@ -258,7 +258,7 @@ async def observe_send_to_queue(
         observed = observation.response(co)
     args, kwargs = _replace_co(args, kwargs, observed)
 
-    outcome = n.OUTCOME_COMPLETED
+    outcome = names.OUTCOME_COMPLETED
     error: BaseException | None = None
     # The stall, resume and final events of the core carry mellea's ids too wherever the
     # application's structlog merges context variables (structlog's default does).
@@ -267,16 +267,16 @@ async def observe_send_to_queue(
         try:
             await wrapped(*args, **kwargs)
         except asyncio.CancelledError as exc:
-            outcome, error = n.OUTCOME_CANCELLED, exc
+            outcome, error = names.OUTCOME_CANCELLED, exc
             raise
         except BaseException as exc:  # mellea itself raised, e.g. 0.8 given a bare queue
-            outcome, error = n.OUTCOME_ERROR, exc
+            outcome, error = names.OUTCOME_ERROR, exc
             raise
         else:
             if observation.error is not None:
-                outcome, error = n.OUTCOME_ERROR, observation.error
+                outcome, error = names.OUTCOME_ERROR, observation.error
             elif observation.cancelled:
-                outcome = n.OUTCOME_TIMEOUT
+                outcome = names.OUTCOME_TIMEOUT
                 error = TimeoutError(
                     f"mellea's stream guard: no chunk within chunk_timeout={chunk_timeout}s"
                 )
@@ -305,18 +305,18 @@ def _end(
             generation = _ids.generation_id(target)
             if generation is not None:
                 span.set_attribute(_ids.GENERATION_ID, generation)
-            if outcome == n.OUTCOME_COMPLETED:
-                span.add_event(n.EVENT_SENTINEL, {n.STREAM_ITEMS: watch.items})
-            elif outcome == n.OUTCOME_ERROR and observation.error is not None:
+            if outcome == names.OUTCOME_COMPLETED:
+                span.add_event(names.EVENT_SENTINEL, {names.STREAM_ITEMS: watch.items})
+            elif outcome == names.OUTCOME_ERROR and observation.error is not None:
                 span.add_event(
-                    n.EVENT_ERROR_FORWARDED, core_stream._error_attributes(observation.error)
+                    names.EVENT_ERROR_FORWARDED, core_stream._error_attributes(observation.error)
                 )
-            elif outcome == n.OUTCOME_TIMEOUT:
+            elif outcome == names.OUTCOME_TIMEOUT:
                 seconds = chunk_timeout if isinstance(chunk_timeout, int | float) else 0.0
-                span.add_event(n.EVENT_TIMEOUT, {n.STREAM_CHUNK_TIMEOUT: float(seconds)})
+                span.add_event(names.EVENT_TIMEOUT, {names.STREAM_CHUNK_TIMEOUT: float(seconds)})
     except Exception as exc:
         report_failure("mellea stream events", exc)
-    if outcome == n.OUTCOME_TIMEOUT and isinstance(chunk_timeout, int | float):
+    if outcome == names.OUTCOME_TIMEOUT and isinstance(chunk_timeout, int | float):
         watch.timeout = float(chunk_timeout)  # for the status description; the watch is off
     core_stream._finish(watch, observation.mode, outcome, error, time.monotonic())
 

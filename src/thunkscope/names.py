@@ -2,7 +2,8 @@
 
 Span names, attribute keys, event names, metric names with their units and
 Prometheus names, and log event names. Code, tests and dashboards read them from
-here; nothing else spells them out.
+here; nothing else spells them out. Public (`thunkscope.names`): dashboards, alert rules and
+users' tests may import it; a renamed or removed name is a breaking change.
 """
 
 from __future__ import annotations
