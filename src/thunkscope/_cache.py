@@ -36,6 +36,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import names
+from thunkscope._settings import count, optional_callable, text
 from thunkscope._telemetry import CacheStats, end_span, report_failure, telemetry
 
 K = TypeVar("K", bound=Hashable)
@@ -98,17 +99,9 @@ class ClientCache(Generic[K, V]):
         name: str = DEFAULT_CACHE_NAME,
         on_evict: Callable[[V], object] | None = None,
     ) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(
-                f"capacity must be a positive integer (1 or more), "
-                f"got {capacity!r} of type {type(capacity).__name__}"
-            )
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a non-empty str, got {type(name).__name__}")
-        if not name:
-            raise ValueError("name must be a non-empty str, got ''")
-        if on_evict is not None and not callable(on_evict):
-            raise TypeError(f"on_evict must be a callable or None, got {type(on_evict).__name__}")
+        count("capacity", capacity, wrong_type=ValueError)
+        text("name", name, blank_ok=True)
+        optional_callable("on_evict", on_evict)
         self.capacity = capacity
         self.name = name
         self.cache: OrderedDict[K, V] = OrderedDict()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
@@ -15,32 +14,31 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from thunkscope import _config, _demo
+from thunkscope import _settings as checks
 from thunkscope._telemetry import use_providers
 
 Command = Callable[[argparse.Namespace], int]
 
 
 def seconds(value: str) -> float:
-    """An argparse type: a finite positive number of seconds."""
+    """An argparse type: a finite positive number of seconds (checked as `configure` checks)."""
     try:
-        number = float(value)
+        number: float = checks.seconds("value", float(value))
     except ValueError:
-        number = math.nan
-    if not (math.isfinite(number) and number > 0):
         raise argparse.ArgumentTypeError(
             f"must be a finite positive number of seconds, got {value!r}"
-        )
+        ) from None
     return number
 
 
 def tcp_port(value: str) -> int:
     """An argparse type: a TCP port to listen on, 1 to 65535."""
     try:
-        port = int(value)
+        port: int = checks.count("value", int(value), high=65535)
     except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port from 1 to 65535, got {value!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a TCP port from 1 to 65535, got {value!r}"
+        ) from None
     return port
 
 

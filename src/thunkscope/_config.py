@@ -15,8 +15,6 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import math
-import os
 import sys
 import threading
 import time
@@ -50,7 +48,18 @@ from thunkscope._export import (
     Protocol,
     install_log_gate,
 )
-from thunkscope._telemetry import SpanMode, telemetry
+from thunkscope._settings import (
+    PROTOCOLS,
+    SPAN_MODES,
+    SpanMode,
+    choice,
+    count,
+    from_environment,
+    resolve,
+    seconds,
+    text,
+)
+from thunkscope._telemetry import telemetry
 
 LogFormat = Literal["json", "console"]
 
@@ -65,9 +74,7 @@ LOG_BATCH_SIZE: Final = 2_048
 SHUTDOWN_TIMEOUT_S: Final = 4.0
 """Seconds shutdown() and force_flush() wait at most, collector or not."""
 
-_PROTOCOLS: Final = ("http/protobuf", "grpc")
 _LOG_FORMATS: Final = ("json", "console")
-_SPAN_MODES: Final = ("all", "in_trace")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 
@@ -106,7 +113,7 @@ class TelemetryHandle:
 
     def force_flush(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Export what is buffered now, giving up after `timeout_s`."""
-        timeout_s = _positive_seconds("timeout_s", timeout_s)
+        timeout_s = seconds("timeout_s", timeout_s)
         millis = int(timeout_s * 1000)
         _bounded(
             [functools.partial(p.force_flush, millis) for p in self._providers()],
@@ -117,7 +124,7 @@ class TelemetryHandle:
 
     def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Flush and stop the providers; return within `timeout_s`, collector or not."""
-        timeout_s = _positive_seconds("timeout_s", timeout_s)
+        timeout_s = seconds("timeout_s", timeout_s)
         if self._closed:
             return
         self._closed = True
@@ -234,7 +241,7 @@ def configure(
         span_processors=span_processors,
     )
     args.apply_settings()
-    if _env_true("OTEL_SDK_DISABLED"):
+    if from_environment("sdk_disabled"):
         _log.info("thunkscope: OTEL_SDK_DISABLED is set; no telemetry is exported")
         return TelemetryHandle()
 
@@ -314,8 +321,8 @@ def configure_logging(
     add `add_trace_context` (and, for OTLP, opentelemetry-instrumentation-structlog's
     `StructlogProcessor`) to its processors instead.
     """
-    log_format = _choice("log_format", log_format, _LOG_FORMATS)  # type: ignore[assignment]
-    level = _choice("level", level, _LOG_LEVELS, fold_case=True)
+    log_format = choice("log_format", log_format, _LOG_FORMATS)  # type: ignore[assignment]
+    level = choice("level", level, _LOG_LEVELS, fold_case=True)
     if logger_provider is not None and not isinstance(logger_provider, LoggerProvider):
         raise TypeError(
             "logger_provider must be an opentelemetry.sdk._logs.LoggerProvider or None, "
@@ -378,35 +385,33 @@ class _Checked:
         metric_readers: object,
         span_processors: object,
     ) -> None:
-        self.service_name = _optional_str("service_name", service_name)
-        chosen = protocol if protocol is not None else os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        if chosen is not None and isinstance(chosen, str):
-            chosen = chosen.strip() or None
-        self.protocol: Protocol = _choice(  # type: ignore[assignment]
-            "protocol", chosen if chosen is not None else "http/protobuf", _PROTOCOLS
+        self.service_name: str | None = text("service_name", service_name, optional=True)
+        given = (protocol.strip() or None) if isinstance(protocol, str) else protocol
+        self.protocol: Protocol = choice(  # type: ignore[assignment]
+            "protocol", resolve("protocol", given), PROTOCOLS
         )
         self.endpoint = _endpoint(endpoint, self.protocol)
         self.headers = _headers(headers)
         self.log_format: LogFormat | None = (
-            None if log_format is None else _choice("log_format", log_format, _LOG_FORMATS)  # type: ignore[assignment]
+            None if log_format is None else choice("log_format", log_format, _LOG_FORMATS)  # type: ignore[assignment]
         )
-        self.log_level = _choice("log_level", log_level, _LOG_LEVELS, fold_case=True)
+        self.log_level = choice("log_level", log_level, _LOG_LEVELS, fold_case=True)
         self.spans: SpanMode | None = (
-            None if spans is None else _choice("spans", spans, _SPAN_MODES)  # type: ignore[assignment]
+            None if spans is None else choice("spans", spans, SPAN_MODES)  # type: ignore[assignment]
         )
         self.stall_after: float | Literal["env"] | None = (
             "env"
             if stall_after == "env" and isinstance(stall_after, str)
-            else _optional_seconds("stall_after", stall_after)
+            else seconds("stall_after", stall_after, optional=True)
         )
         if capture_content is not None and not isinstance(capture_content, bool):
             raise TypeError(
                 f"capture_content must be a bool or None, got {type(capture_content).__name__}"
             )
         self.capture_content: bool | None = capture_content
-        self.content_limit = _optional_count("content_limit", content_limit)
-        self.name_limit = _optional_count("name_limit", name_limit)
-        self.metric_export_interval_s = _positive_seconds(
+        self.content_limit: int | None = count("content_limit", content_limit, optional=True)
+        self.name_limit: int | None = count("name_limit", name_limit, optional=True)
+        self.metric_export_interval_s: float = seconds(
             "metric_export_interval_s", metric_export_interval_s
         )
         self.metric_readers: list[MetricReader] = _instances(
@@ -432,33 +437,8 @@ class _Checked:
             telemetry.cache_names.limit = self.name_limit
 
 
-def _optional_str(argument: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"{argument} must be a str or None, got {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{argument} must not be empty")
-    return value
-
-
-def _choice(
-    argument: str, value: object, allowed: tuple[str, ...], *, fold_case: bool = False
-) -> str:
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{argument} must be one of {', '.join(map(repr, allowed))}, got {type(value).__name__}"
-        )
-    chosen = value.strip().lower() if fold_case else value.strip()
-    if chosen not in allowed:
-        raise ValueError(
-            f"{argument} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
-        )
-    return chosen
-
-
 def _endpoint(value: object, protocol: Protocol) -> str | None:
-    endpoint = _optional_str("endpoint", value)
+    endpoint: str | None = text("endpoint", value, optional=True)
     if endpoint is None:
         return None
     endpoint = endpoint.strip()
@@ -482,30 +462,6 @@ def _headers(value: object) -> dict[str, str]:
                 f"{type(item).__name__}"
             )
     return dict(value)
-
-
-def _positive_seconds(argument: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{argument} must be a positive number of seconds, got {type(value).__name__}"
-        )
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{argument} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _optional_seconds(argument: str, value: object) -> float | None:
-    return None if value is None else _positive_seconds(argument, value)
-
-
-def _optional_count(argument: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argument} must be a positive int or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{argument} must be a positive int or None, got {value!r}")
-    return value
 
 
 def _instances(argument: str, value: object, kind: type[Any]) -> list[Any]:
@@ -532,7 +488,3 @@ def _warn_kept(signal: str) -> None:
         "(thunkscope's telemetry goes there, without thunkscope's exporter)",
         signal,
     )
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}

@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final
 
+from thunkscope._settings import count, text
 from thunkscope._watch import inflight
 
 __all__ = ["DebugServer", "serve_debug"]
@@ -46,10 +47,8 @@ def serve_debug(
     a loopback address is a ValueError unless `allow_non_loopback` is true: the view
     shows where code is suspended and which traces are running.
     """
-    if not isinstance(host, str) or not host:
-        raise ValueError(f"host must be a non-empty str, got {host!r}")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}")
+    text("host", host, blank_ok=True, wrong_type=ValueError)
+    count("port", port, low=0, high=65535, note=" (0: any free port)", wrong_type=ValueError)
     if not allow_non_loopback and not _is_loopback(host):
         raise ValueError(
             f"host={host!r} is not a loopback address: the in-flight view shows stack "

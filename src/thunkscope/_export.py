@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from thunkscope import names
+from thunkscope._settings import from_environment
 
 Protocol = Literal["http/protobuf", "grpc"]
 
@@ -325,7 +325,7 @@ class Exporters:
         self.protocol = protocol
         self.base = endpoint.rstrip("/") if endpoint else None
         self.headers = headers or None
-        described = self.base or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        described = self.base or from_environment("endpoint")
         self.health = ExportHealth(described or "the default OTLP endpoint")
 
     def spans(self) -> SpanExporter:

@@ -23,6 +23,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import names
+from thunkscope._settings import optional_callable, seconds, text
 from thunkscope._telemetry import (
     captured,
     end_span,
@@ -50,6 +51,15 @@ class _Unset:
 
 
 _UNSET: Final = _Unset()
+
+
+def _seconds(argument: str, value: object) -> float | None:
+    """A stream's seconds: positive, infinity allowed, or None. A wrong type is a ValueError
+    too: the consumer sees it on the queue, one kind of bad-argument error."""
+    result: float | None = seconds(
+        argument, value, optional=True, finite=False, wrong_type=ValueError
+    )
+    return result
 
 
 async def send_to_queue(
@@ -86,14 +96,8 @@ async def send_to_queue(
             if isinstance(stall_after, _Unset)
             else _seconds("stall_after", stall_after)
         )
-        if on_timeout is not None and not callable(on_timeout):
-            raise TypeError(
-                f"on_timeout must be a callable or None, got {type(on_timeout).__name__}"
-            )
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a non-empty str, got {type(name).__name__}")
-        if not name:
-            raise ValueError("name must be a non-empty str, got ''")
+        optional_callable("on_timeout", on_timeout)
+        text("name", name, blank_ok=True)
     except (TypeError, ValueError) as exc:
         # The producer usually runs as a task nobody awaits: the consumer must see the
         # error on the queue rather than wait for a sentinel that never comes.
@@ -274,22 +278,6 @@ def _is_bounded(aqueue: Any) -> bool:
     return not (isinstance(maxsize, int) and maxsize <= 0) and callable(
         getattr(aqueue, "full", None)
     )
-
-
-def _seconds(argument: str, value: object) -> float | None:
-    """`value` as a positive number of seconds, or None; a ValueError naming `argument`."""
-    if value is None:
-        return None
-    if type(value) is float and value > 0:  # the common case, defaults included; NaN fails
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(
-            f"{argument} must be a positive number of seconds or None, "
-            f"got {type(value).__name__} {value!r}"
-        )
-    if not value > 0:  # NaN too: it is not greater than anything
-        raise ValueError(f"{argument} must be a positive number of seconds or None, got {value!r}")
-    return float(value)
 
 
 def _timeout_error(timeout: float | None) -> TimeoutError:

@@ -12,99 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from thunkscope import names
+from thunkscope._settings import DEFAULT_CONTENT_LIMIT as DEFAULT_CONTENT_LIMIT  # re-exported
+from thunkscope._settings import DEFAULT_NAME_LIMIT as DEFAULT_NAME_LIMIT  # re-exported
+from thunkscope._settings import Settings as Settings  # re-exported
+from thunkscope._settings import SpanMode as SpanMode  # re-exported
 from thunkscope._version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram, Meter, MeterProvider
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
-SpanMode = Literal["all", "in_trace"]
-
 _stdlib_log = logging.getLogger(names.LOGGER_NAME)
-
-
-# --- settings ---------------------------------------------------------------------------------
-
-
-def _env_float(name: str, default: float | None) -> float | None:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    if raw.strip().lower() in {"none", "off", "0"}:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        _stdlib_log.warning("ignoring %s=%r: not a number of seconds", name, raw)
-        return default
-    return value if value > 0 else None
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        _stdlib_log.warning("ignoring %s=%r: not a positive integer", name, raw)
-        return default
-    return value
-
-
-DEFAULT_CONTENT_LIMIT = 256
-"""Characters of captured content kept per value when capture is on; the rest is cut."""
-
-DEFAULT_NAME_LIMIT = 100
-"""Distinct stream names, and distinct cache names, that may label metrics."""
-
-
-@dataclass(slots=True)
-class Settings:
-    """Process-wide knobs, read from the environment once and changed by `configure()`.
-
-    `capture_content` (``THUNKSCOPE_CAPTURE_CONTENT``, off by default) lets the text of
-    exceptions into telemetry, cut to `content_limit` characters
-    (``THUNKSCOPE_CONTENT_LIMIT``); see `captured`. `name_limit`
-    (``THUNKSCOPE_NAME_LIMIT``) caps the distinct stream and cache names on metrics.
-    """
-
-    span_mode: SpanMode = "all"
-    stall_after: float | None = 30.0
-    capture_content: bool = False
-    content_limit: int = DEFAULT_CONTENT_LIMIT
-    name_limit: int = DEFAULT_NAME_LIMIT
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """Settings as the THUNKSCOPE_* environment variables give them."""
-        mode = os.environ.get("THUNKSCOPE_SPANS", "all").strip().lower() or "all"
-        if mode not in ("all", "in_trace"):
-            _stdlib_log.warning("ignoring THUNKSCOPE_SPANS=%r: expected 'all' or 'in_trace'", mode)
-            mode = "all"
-        capture = os.environ.get("THUNKSCOPE_CAPTURE_CONTENT", "").strip().lower()
-        return cls(
-            span_mode=mode,  # type: ignore[arg-type]
-            stall_after=_env_float("THUNKSCOPE_STALL_AFTER", 30.0),
-            capture_content=capture in {"1", "true", "yes", "on"},
-            content_limit=_env_int("THUNKSCOPE_CONTENT_LIMIT", DEFAULT_CONTENT_LIMIT),
-            name_limit=_env_int("THUNKSCOPE_NAME_LIMIT", DEFAULT_NAME_LIMIT),
-        )
 
 
 # --- opt-in content capture ------------------------------------------------------------------
