@@ -14,6 +14,6 @@ bash scripts/install-mellea-envs.sh
 # The core suite, then the mellea instrumentation in each mellea environment: every test
 # runs in exactly one place, so none of them is skipped.
 .venv/bin/python -m pytest -m "not mellea and not mellea08" "$@"
-mellea_tests=(tests/test_instrumentation_mellea.py tests/test_fake_openai.py)
+mellea_tests=(tests/test_instrumentation_mellea.py tests/test_fake_openai.py tests/test_streamrec.py)
 .venv-mellea08/bin/python -m pytest -m "mellea" "${mellea_tests[@]}" "$@"
 .venv-mellea07/bin/python -m pytest -m "mellea and not mellea08" "${mellea_tests[@]}" "$@"

@@ -13,31 +13,20 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextvars import Token
 from typing import Any, Final
-
-from opentelemetry import context as otel_context
-from opentelemetry import trace as trace_api
-from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import names
 from thunkscope._settings import optional_callable, seconds, text
-from thunkscope._telemetry import (
-    captured,
-    end_span,
-    report_failure,
-    telemetry,
+from thunkscope._streamrec import (
+    add_forwarded_error,
+    add_sentinel,
+    add_timeout,
+    close_stream,
+    open_stream,
 )
-from thunkscope._watch import (
-    StreamWatch,
-    backend_type_of,
-    new_stream_id,
-    note_producer,
-    register,
-    unregister,
-)
+from thunkscope._telemetry import telemetry
+from thunkscope._watch import StreamWatch, backend_type_of
 
 DEFAULT_CHUNK_TIMEOUT: Final = 120.0
 """Seconds `send_to_queue` waits for each item of a stream, the first one included."""
@@ -111,23 +100,11 @@ async def send_to_queue(
         await aqueue.put(exc)
         return
 
-    start = time.monotonic()
-    stream_id = new_stream_id()
-    span = _start_span(name, stream_id)
-    watch = StreamWatch(
-        stream_id=stream_id,
-        name=name,
-        span=span,
-        timeout=timeout,
-        stall_after=stall,
-        now=start,
-    )
+    run = open_stream(name, aqueue, timeout=timeout, stall_after=stall)
+    watch = run.watch
     # Cancel requests the task had before this stream: the deadline's own cancel is told
     # apart from any other by the count coming back to this (as asyncio.timeout does).
     cancelling = 0 if watch.task is None else watch.task.cancelling()
-    token = begin_stream(watch, aqueue)
-    if events.enabled(events.DEBUG):
-        events.emit(events.DEBUG, names.LOG_STREAM_STARTED, stream_id=stream_id, stream=name)
 
     mode: str | None = None
     outcome = names.OUTCOME_COMPLETED
@@ -154,8 +131,7 @@ async def send_to_queue(
         watch.disarm()
         if not _put_at_once(aqueue, None):
             await watch.put(aqueue, None)
-        if span.is_recording():
-            _add_event(span, names.EVENT_SENTINEL, {names.STREAM_ITEMS: watch.items})
+        add_sentinel(watch)
     except asyncio.CancelledError as exc:
         task = watch.task
         if not (watch.expired and task is not None and task.uncancel() <= cancelling):
@@ -180,38 +156,12 @@ async def send_to_queue(
             # Cancelled while blocked on a full queue: the exception never got through.
             outcome, error = names.OUTCOME_CANCELLED, cancelled
             raise
-        if span.is_recording():
-            _add_event(span, names.EVENT_ERROR_FORWARDED, _error_attributes(exc))
+        add_forwarded_error(watch, exc)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit, GeneratorExit: never kept
         outcome, error = names.OUTCOME_ERROR, exc
         raise
     finally:
-        watch.disarm()
-        unregister(watch)
-        # Still inside the span's context, so the final log record is correlated with it
-        # by any OTel log bridge, not only through the trace_id field we add ourselves.
-        _finish(watch, mode, outcome, error, time.monotonic())
-        if token is not None:
-            otel_context.detach(token)
-
-
-def begin_stream(watch: StreamWatch, aqueue: object | None) -> Token[Context] | None:
-    """Register a starting stream and make its span current; the token to detach, if any.
-
-    Shared with the mellea instrumentation. Telemetry that throws here (a span, a meter
-    provider) is reported and the stream goes on: the queue protocol never depends on it.
-    """
-    register(watch)
-    token: Token[Context] | None = None
-    try:
-        if watch.span.is_recording():
-            token = otel_context.attach(trace_api.set_span_in_context(watch.span))
-        if aqueue is not None:
-            note_producer(aqueue, watch)
-        telemetry.instruments  # noqa: B018 - the active-streams gauge must exist while this runs
-    except Exception as exc:
-        report_failure("stream start", exc)
-    return token
+        close_stream(run, mode, outcome, error)
 
 
 async def _pump(
@@ -228,7 +178,7 @@ async def _pump(
     # sparing a coroutine per item, and wait (as backpressure) only when it says full.
     # A queue whose put is overridden gets its own put.
     put_nowait = aqueue.put_nowait if _stock_put(aqueue) else None
-    bounded = put_nowait is None and _is_bounded(aqueue)
+    bounded = put_nowait is None and is_bounded(aqueue)
     clock = time.monotonic
     try:
         async for item in iterator:
@@ -272,7 +222,7 @@ def _stock_put(aqueue: Any) -> bool:
     return isinstance(aqueue, asyncio.Queue) and type(aqueue).put is asyncio.Queue.put
 
 
-def _is_bounded(aqueue: Any) -> bool:
+def is_bounded(aqueue: Any) -> bool:
     """Whether `put` may block: an asyncio.Queue with a maxsize, or any unknown queue."""
     maxsize = getattr(aqueue, "maxsize", None)
     return not (isinstance(maxsize, int) and maxsize <= 0) and callable(
@@ -295,10 +245,7 @@ async def _on_stream_timeout(
     on_timeout: Callable[[], object] | None,
 ) -> None:
     """The deadline expired: tell the backend, then the consumer (the caller closes)."""
-    if watch.span.is_recording():
-        _add_event(
-            watch.span, names.EVENT_TIMEOUT, {names.STREAM_CHUNK_TIMEOUT: watch.timeout or 0.0}
-        )
+    add_timeout(watch, watch.timeout or 0.0)
     if on_timeout is not None:
         await _call_quietly(on_timeout, watch, events.ERROR, names.LOG_STREAM_ON_TIMEOUT_FAILED)
     await watch.put(aqueue, error)
@@ -333,127 +280,3 @@ def _close_unawaited(co: object) -> None:
     """Close a coroutine we will never await, so Python does not warn about it."""
     if inspect.iscoroutine(co):
         co.close()
-
-
-def _start_span(name: str, stream_id: str) -> Span:
-    """The stream's PRODUCER span, its name and id set at start (one attribute pass)."""
-    if not telemetry.tracing():
-        return INVALID_SPAN
-    try:
-        return telemetry.tracer.start_span(
-            names.SPAN_SEND_TO_QUEUE,
-            kind=SpanKind.PRODUCER,
-            attributes={names.STREAM_NAME: name, names.STREAM_ID: stream_id},
-        )
-    except Exception as exc:
-        report_failure("span start", exc)
-        return INVALID_SPAN
-
-
-def _add_event(span: Span, name: str, attributes: dict[str, Any]) -> None:
-    """Add an event to a recording span; a span that throws is reported, never raised."""
-    try:
-        span.add_event(name, attributes)
-    except Exception as exc:
-        report_failure("span event", exc)
-
-
-_LOG_BY_OUTCOME: Final = {
-    names.OUTCOME_COMPLETED: (events.INFO, names.LOG_STREAM_COMPLETED),
-    names.OUTCOME_ERROR: (events.WARNING, names.LOG_STREAM_ERROR_FORWARDED),
-    names.OUTCOME_TIMEOUT: (events.ERROR, names.LOG_STREAM_TIMED_OUT),
-    names.OUTCOME_CANCELLED: (events.WARNING, names.LOG_STREAM_CANCELLED),
-}
-
-
-def _finish(
-    watch: StreamWatch, mode: str | None, outcome: str, error: BaseException | None, end: float
-) -> None:
-    """Record the stream once, at its end: span attributes and status, metrics, one log."""
-    span = watch.span
-    duration = end - watch.started
-    ttfi = None if watch.first_item_at is None else watch.first_item_at - watch.started
-    error_type = None if error is None else type(error).__qualname__
-    # The error that makes this stream a failure (a cancellation is not one).
-    failure = error_type if outcome != names.OUTCOME_CANCELLED else None
-    try:
-        if span.is_recording():
-            attributes: dict[str, Any] = {
-                names.STREAM_ITEMS: watch.items,
-                names.STREAM_OUTCOME: outcome,
-                names.STREAM_MAX_ITEM_GAP: watch.max_gap,
-                names.STREAM_PUT_WAIT: watch.put_wait,
-            }
-            if mode is not None:
-                attributes[names.STREAM_MODE] = mode
-            if ttfi is not None:
-                attributes[names.STREAM_TIME_TO_FIRST_ITEM] = ttfi
-            if failure is not None:
-                attributes[names.ERROR_TYPE] = failure
-                span.set_status(
-                    Status(StatusCode.ERROR, _status_description(outcome, watch, failure))
-                )
-            span.set_attributes(attributes)
-    except Exception as exc:
-        report_failure("span attributes", exc)
-    finally:
-        end_span(span)
-    try:
-        label = telemetry.stream_names.fold(watch.name)
-        by_name = {names.STREAM_NAME: label}
-        duration_labels = {names.STREAM_NAME: label, names.STREAM_OUTCOME: outcome}
-        if failure is not None:
-            duration_labels[names.ERROR_TYPE] = failure
-        # The context the records would look up themselves (the stream's span is still
-        # attached): handing it over spares the SDK a lookup per record, and exemplars
-        # keep their trace link.
-        context = otel_context.get_current()
-        instruments = telemetry.instruments
-        instruments.stream_duration.record(duration, duration_labels, context)
-        if watch.put_wait:
-            # Only streams that blocked: the count is how many met backpressure, and the
-            # common stream pays for no record it would add only a zero to.
-            instruments.queue_put_wait.record(watch.put_wait, by_name, context)
-        if ttfi is not None:
-            instruments.stream_ttfi.record(ttfi, by_name, context)
-        if mode == names.MODE_ITERATOR:
-            instruments.stream_items.record(watch.items, by_name, context)
-            if watch.items >= 2:
-                instruments.stream_max_gap.record(watch.max_gap, by_name, context)
-    except Exception as exc:
-        report_failure("stream metrics", exc)
-    level, event = _LOG_BY_OUTCOME[outcome]
-    if not events.enabled(level):
-        return
-    fields: dict[str, Any] = {
-        "stream_id": watch.stream_id,
-        "stream": watch.name,
-        "items": watch.items,
-        "duration_s": round(duration, 6),
-    }
-    if ttfi is not None:
-        fields["time_to_first_item_s"] = round(ttfi, 6)
-    if watch.put_wait:
-        fields["put_wait_s"] = round(watch.put_wait, 6)
-    if error_type is not None:
-        fields["error_type"] = error_type
-        message = captured(error)
-        if message is not None:
-            fields[names.LOG_ERROR_MESSAGE] = message
-    fields.update(events.span_ids(span))
-    events.emit(level, event, **fields)
-
-
-def _error_attributes(exc: BaseException) -> dict[str, str]:
-    """The forwarded error's type; its message too, only when content capture is on."""
-    attributes = {names.ERROR_TYPE: type(exc).__qualname__}
-    message = captured(exc)
-    if message is not None:
-        attributes[names.EXCEPTION_MESSAGE] = message
-    return attributes
-
-
-def _status_description(outcome: str, watch: StreamWatch, error_type: str) -> str:
-    if outcome == names.OUTCOME_TIMEOUT:
-        return f"no item from the backend within chunk_timeout={watch.timeout:g}s"
-    return f"backend raised {error_type}"

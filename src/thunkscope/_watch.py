@@ -59,8 +59,17 @@ def new_stream_id() -> str:
 class StreamWatch:
     """What one running stream is doing, and the timer that watches it.
 
-    The stream loop writes `last`, `items` and `watermark`; the timer callback reads
-    them. Both run on the stream's event loop, so no lock is needed.
+    The stamp protocol, which each stream loop (`_stream._pump` and the mellea
+    instrumentation's `_ObservedIterator.__anext__`) keeps inline, for speed, per item::
+
+        now = clock()
+        if now - watch.last > watch.watermark:  # first item, a new longest gap, a resume
+            watch.note_item(now)                # (the core's loop checks `expired` first)
+        watch.last = now
+        watch.items += 1
+
+    The timer callback reads these stamps. Both run on the stream's event loop, so no
+    lock is needed. Start and end of a stream are `thunkscope._streamrec`'s.
     """
 
     __slots__ = (

@@ -31,20 +31,19 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import structlog
-from opentelemetry import context as otel_context
 
-from thunkscope import _events as events
-from thunkscope import _stream as core_stream
 from thunkscope import names
-from thunkscope._telemetry import report_failure, telemetry
-from thunkscope._watch import (
-    AWAITING_ITEM,
-    State,
-    StreamWatch,
-    backend_type_of,
-    new_stream_id,
-    unregister,
+from thunkscope._stream import is_bounded
+from thunkscope._streamrec import (
+    StreamRun,
+    add_forwarded_error,
+    add_sentinel,
+    add_timeout,
+    close_stream,
+    open_stream,
 )
+from thunkscope._telemetry import report_failure, telemetry
+from thunkscope._watch import AWAITING_ITEM, State, StreamWatch, backend_type_of
 from thunkscope.instrumentation import _ids
 
 
@@ -77,7 +76,7 @@ class _Observation:
         self.watch = watch
         self.queue = queue
         # Whether mellea's put may block, by the core's rule (no queue: never).
-        self.bounded = queue is not None and core_stream._is_bounded(queue)
+        self.bounded = queue is not None and is_bounded(queue)
         self.mode: str | None = None
         self.error: BaseException | None = None
         self.cancelled = False
@@ -223,31 +222,20 @@ async def observe_send_to_queue(
     chunk_timeout = kwargs.get("chunk_timeout", default_timeout)
     queue = queue_of(target)
 
-    start = time.monotonic()
-    stream_id = new_stream_id()
-    span = core_stream._start_span(name, stream_id)
-    watch = StreamWatch(
-        stream_id=stream_id,
-        name=name,
-        span=span,
-        timeout=None,  # mellea enforces its own chunk_timeout: the watch only warns
-        stall_after=telemetry.settings.stall_after,
-        now=start,
-    )
     ids = _ids.context_ids()
     generation = _ids.generation_id(target)
     if generation is not None:
         ids[_ids.GENERATION_ID] = generation
-    try:
-        if span.is_recording():
-            span.set_attributes(ids)
-    except Exception as exc:
-        report_failure("mellea stream ids", exc)
-    token = core_stream.begin_stream(watch, queue)
     log_ids = _ids.log_fields(ids)
-    events.emit(
-        events.DEBUG, names.LOG_STREAM_STARTED, stream_id=watch.stream_id, stream=name, **log_ids
+    run = open_stream(
+        name,
+        queue,
+        timeout=None,  # mellea enforces its own chunk_timeout: the watch only warns
+        stall_after=telemetry.settings.stall_after,
+        attributes=ids,
+        log_fields=log_ids,
     )
+    watch = run.watch
 
     observation = _Observation(watch, queue)
     observed: Any
@@ -283,42 +271,35 @@ async def observe_send_to_queue(
         finally:
             _close_unstarted(observed)
             observation.after_put(time.monotonic())
-            watch.disarm()
-            unregister(watch)
-            _end(watch, observation, outcome, error, target, chunk_timeout)
-            if token is not None:
-                otel_context.detach(token)
+            _end(run, observation, outcome, error, target, chunk_timeout)
 
 
 def _end(
-    watch: StreamWatch,
+    run: StreamRun,
     observation: _Observation,
     outcome: str,
     error: BaseException | None,
     target: object,
     chunk_timeout: object,
 ) -> None:
-    """The events thunkscope's own send_to_queue adds on the way out, then the core's record."""
-    span = watch.span
-    try:
-        if span.is_recording():
-            generation = _ids.generation_id(target)
-            if generation is not None:
-                span.set_attribute(_ids.GENERATION_ID, generation)
-            if outcome == names.OUTCOME_COMPLETED:
-                span.add_event(names.EVENT_SENTINEL, {names.STREAM_ITEMS: watch.items})
-            elif outcome == names.OUTCOME_ERROR and observation.error is not None:
-                span.add_event(
-                    names.EVENT_ERROR_FORWARDED, core_stream._error_attributes(observation.error)
-                )
-            elif outcome == names.OUTCOME_TIMEOUT:
-                seconds = chunk_timeout if isinstance(chunk_timeout, int | float) else 0.0
-                span.add_event(names.EVENT_TIMEOUT, {names.STREAM_CHUNK_TIMEOUT: float(seconds)})
-    except Exception as exc:
-        report_failure("mellea stream events", exc)
-    if outcome == names.OUTCOME_TIMEOUT and isinstance(chunk_timeout, int | float):
-        watch.timeout = float(chunk_timeout)  # for the status description; the watch is off
-    core_stream._finish(watch, observation.mode, outcome, error, time.monotonic())
+    """The end events thunkscope's own send_to_queue adds as they happen, read back from
+    what mellea did, then the shared close."""
+    watch = run.watch
+    # mellea 0.8 names its generation only once it runs: the id may be new since the start.
+    generation = _ids.generation_id(target)
+    if generation is not None and watch.span.is_recording():
+        try:
+            watch.span.set_attribute(_ids.GENERATION_ID, generation)
+        except Exception as exc:
+            report_failure("mellea stream ids", exc)
+    seconds = float(chunk_timeout) if isinstance(chunk_timeout, int | float) else None
+    if outcome == names.OUTCOME_COMPLETED:
+        add_sentinel(watch)
+    elif outcome == names.OUTCOME_ERROR and observation.error is not None:
+        add_forwarded_error(watch, observation.error)
+    elif outcome == names.OUTCOME_TIMEOUT:
+        add_timeout(watch, seconds or 0.0)
+    close_stream(run, observation.mode, outcome, error, timeout=seconds)
 
 
 def _close_unstarted(observed: Any) -> None:
