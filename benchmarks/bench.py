@@ -803,7 +803,7 @@ async def suspending_numbers(count: int) -> AsyncIterator[int]:
 
 def worker_rss(sizes: Sizes) -> dict[str, Any]:
     """Streams one after another, SDK on: memory must stay flat, the registry must empty."""
-    from thunkscope import _watch, send_to_queue
+    from thunkscope import _inflight, send_to_queue
 
     sdk = install_sdk()
 
@@ -842,7 +842,7 @@ def worker_rss(sizes: Sizes) -> dict[str, Any]:
             "rss_after_mb": round(after / 2**20, 2),
             "rss_growth_mb": round((after - before) / 2**20, 3),
             "allocated_blocks_growth": blocks_after - blocks_before,
-            "registered_after": _watch.registered(),
+            "registered_after": _inflight.registered(),
             "span_queue_peak": peak,
             "span_flush_every": RSS_FLUSH_EVERY,
             "us_per_stream": round(elapsed / sizes.rss_streams * 1e6, 2),

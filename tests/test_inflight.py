@@ -15,7 +15,7 @@ import pytest
 
 import thunkscope
 from conftest import AtLeast
-from thunkscope import _watch, inflight, names, send_to_queue
+from thunkscope import _inflight, _watch, inflight, names, send_to_queue
 
 HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
 
@@ -113,7 +113,7 @@ class TestSnapshot:
         release = asyncio.Event()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(send_to_queue(waiting_for_answer(release), queue))
-        await until(lambda: _watch.registered() == 1)
+        await until(lambda: _inflight.registered() == 1)
         await asyncio.sleep(0)
         (snapshot,) = inflight()
         assert snapshot["state"] == "awaiting_response"
@@ -247,7 +247,7 @@ class TestNothingLeftBehind:
             task.cancel()
         await asyncio.wait([task])
         assert inflight() == []
-        assert _watch.registered() == 0
+        assert _inflight.registered() == 0
 
     async def test_no_strong_reference_to_iterator_queue_or_items(self) -> None:
         """The registry's entry refers to none of the iterator, queue or items itself,
@@ -258,7 +258,7 @@ class TestNothingLeftBehind:
         iterator = hanging_tokens(release, item)
         task = asyncio.create_task(send_to_queue(iterator, queue))
         await until(lambda q=queue: q.qsize() == 1)
-        (watch,) = _watch._registry.values()
+        (watch,) = _inflight._registry.values()
         referents = gc.get_referents(watch)
         assert not [r for r in referents if r is iterator or r is queue or r is item]
         del watch, referents
@@ -289,8 +289,8 @@ class TestNothingLeftBehind:
         await run(100_000)
         gc.collect()
         grown = len(gc.get_objects()) - before
-        assert _watch.registered() == 0
-        assert len(_watch._producers) == 0
+        assert _inflight.registered() == 0
+        assert len(_inflight._producers) == 0
         assert grown < 100, f"{grown} objects left behind by 100,000 streams"
 
     async def test_producer_links_are_weak(self, telemetry: Any) -> None:
@@ -298,11 +298,44 @@ class TestNothingLeftBehind:
         queues = [asyncio.Queue[Any]() for _ in range(100)]
         for queue in queues:
             await send_to_queue("value", queue)
-        assert all(_watch.producer_of(queue) is not None for queue in queues)
+        assert all(_inflight.producer_of(queue) is not None for queue in queues)
         del queues, queue
         gc.collect()
-        assert len(_watch._producers) == 0
+        assert len(_inflight._producers) == 0
 
     def test_public_name(self) -> None:
         """inflight is exported at the top level."""
         assert thunkscope.inflight is inflight
+
+
+class TestRegistrySource:
+    async def test_in_flight_watches_are_the_running_streams(self) -> None:
+        """in_flight_watches() lists exactly the running streams' watches, then none."""
+        release = asyncio.Event()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(send_to_queue(hanging_tokens(release, "a"), queue, name="w"))
+        await until(lambda: queue.qsize() == 1)
+        (watch,) = _inflight.in_flight_watches()
+        assert (watch.name, watch.items, watch.state) == ("w", 1, _watch.AWAITING_ITEM)
+        release.set()
+        await task
+        assert _inflight.in_flight_watches() == []
+
+    def test_active_gauge_reads_the_source_it_was_given(self, telemetry: Any) -> None:
+        """The stream.active gauge counts with the source handed to use_registry: the
+        registry's active_by_name, wired once by the package."""
+        from thunkscope._telemetry import telemetry as state
+
+        assert state.active_streams is _inflight.active_by_name
+        state.use_registry(lambda: {"given": 2})
+        state.stream_names.fold("given")  # a name the gauge reports: one a stream had
+        try:
+            state.instruments  # noqa: B018 - creates the gauge on the test's providers
+            active = {
+                p.attributes[names.STREAM_NAME]: p.value
+                for p in telemetry.points(names.STREAM_ACTIVE.name)
+            }
+            assert active["given"] == 2
+            assert {v for k, v in active.items() if k != "given"} <= {0}  # no other stream
+        finally:
+            state.use_registry(_inflight.active_by_name)

@@ -12,7 +12,7 @@ from opentelemetry.trace import StatusCode
 
 import thunkscope
 from conftest import Telemetry
-from thunkscope import DEFAULT_CHUNK_TIMEOUT, _watch, names, send_to_queue
+from thunkscope import DEFAULT_CHUNK_TIMEOUT, _inflight, names, send_to_queue
 
 HANG = 0.5  # stands in for a backend that never answers: 10x every timeout used here
 
@@ -323,7 +323,7 @@ class TestChunkTimeout:
             send_to_queue(StalledIterator(), queue, chunk_timeout=None, stall_after=None, name="nt")
         )
         await asyncio.sleep(0.05)
-        (watch,) = [w for w in _watch._registry.values() if w.name == "nt"]
+        (watch,) = [w for w in _inflight._registry.values() if w.name == "nt"]
         assert watch.timeout is None
         assert watch._check is None  # no check: neither a deadline nor a stall watch
         assert not task.done()

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 
 from conftest import Telemetry, in_memory_telemetry
-from thunkscope import _watch, iter_queue, names, send_to_queue
+from thunkscope import _inflight, iter_queue, names, send_to_queue
 
 HANG = 0.05  # a hang: longer than the short chunk_timeout, short enough for a test
 NAME = "prop"
@@ -310,8 +310,8 @@ class TestEveryWayOut:
             assert names.EVENT_STALLED not in events
 
         assert span_ends.twice == []
-        assert _watch.registered() == 0
-        assert _watch.inflight() == []
+        assert _inflight.registered() == 0
+        assert _inflight.inflight() == []
         assert [p.value for p in active if p.attributes[names.STREAM_NAME] == NAME] == [0]
 
 

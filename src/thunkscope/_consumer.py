@@ -27,8 +27,8 @@ from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, Stat
 
 from thunkscope import _events as events
 from thunkscope import names
+from thunkscope._inflight import Producer, producer_of
 from thunkscope._telemetry import end_span, report_failure, telemetry
-from thunkscope._watch import Producer, producer_of
 
 __all__ = ["QueueIterator", "iter_queue"]
 

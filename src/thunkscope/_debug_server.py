@@ -27,8 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final
 
+from thunkscope._inflight import inflight
 from thunkscope._settings import count, text
-from thunkscope._watch import inflight
 
 __all__ = ["DebugServer", "serve_debug"]
 

@@ -30,8 +30,9 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from thunkscope import _events as events
 from thunkscope import names
+from thunkscope._inflight import note_producer, register, unregister
 from thunkscope._telemetry import captured, end_span, report_failure, telemetry
-from thunkscope._watch import StreamWatch, new_stream_id, note_producer, register, unregister
+from thunkscope._watch import StreamWatch, new_stream_id
 
 
 class StreamRun:

@@ -218,6 +218,7 @@ class Telemetry:
         self._instruments: Instruments | None = None
         self._lock = threading.Lock()
         self.active_streams: Callable[[], dict[str, int]] = dict
+        """Running streams per name label, read by the stream.active gauge (`use_registry`)."""
 
     def use(
         self,
@@ -232,6 +233,10 @@ class Telemetry:
             self.own_providers = tracer_provider is not None or meter_provider is not None
             self._tracer = None
             self._instruments = None
+
+    def use_registry(self, active_by_name: Callable[[], dict[str, int]]) -> None:
+        """Count the running streams of the stream.active gauge with `active_by_name`."""
+        self.active_streams = active_by_name
 
     # -- tracing ---------------------------------------------------------------------------
 

@@ -1,33 +1,22 @@
-"""The stream watch: one lazily re-armed check per stream, and the in-flight registry.
+"""The stream watch: one lazily re-armed check per stream, for stalls and the deadline.
 
 A single check per stream serves both the stall warning and the chunk_timeout
 deadline; the checks of one event loop share its one timer (`thunkscope._deadlines`).
 The stream loop only stamps the time of each item; the check, when it comes up,
 compares that stamp with its thresholds and either re-arms itself for the next
 possible expiry, warns of a stall, or cancels the producing task on timeout.
-Nothing is allocated and no timer is touched per item.
-
-Every running stream is registered here, so `thunkscope.inflight()` can answer
-"which stream is stuck right now, since when, and on what?" from any thread. The
-registry holds no reference of its own to the iterator, the queue or the items: it
-holds the producing task while that runs (to show its stack) and drops the stream the
-moment it ends. Queues are remembered weakly, with their producer's span context, so
-that a consumer's span can link to the producer's.
+Nothing is allocated and no timer is touched per item. The registry of running
+streams, their snapshots and the producer of each queue are `thunkscope._inflight`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import inspect
 import itertools
 import os
 import time
-import weakref
-from collections import Counter
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from opentelemetry import trace as trace_api
 
@@ -37,7 +26,7 @@ from thunkscope._deadlines import Check, deadlines
 from thunkscope._telemetry import report_failure, telemetry
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, SpanContext
+    from opentelemetry.trace import Span
 
 State = Literal["awaiting_response", "awaiting_item", "stalled", "blocked_on_put"]
 AWAITING_RESPONSE: Final = "awaiting_response"
@@ -47,8 +36,6 @@ BLOCKED_ON_PUT: Final = "blocked_on_put"
 
 _ids = itertools.count(1)
 _id_prefix = os.urandom(4).hex()
-_STACK_DEPTH: Final = 16
-_STACK_WALK_LIMIT: Final = 64
 
 
 def new_stream_id() -> str:
@@ -336,72 +323,10 @@ class StreamWatch:
             **events.span_ids(self.span),
         )
 
-    # -- the in-flight view ---------------------------------------------------------------------
-
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """Plain, JSON-serialisable data about this stream as it is now."""
-        return {
-            "stream_id": self.stream_id,
-            "name": self.name,
-            "trace_id": self.trace_id,
-            "state": self.state,
-            "items": self.items,
-            "age_s": round(now - self.started, 6),
-            "idle_s": round(now - self.last, 6),
-            "backend_type": self.backend_type,
-            "stack": _task_stack(self.task),
-        }
-
 
 def _may_block(aqueue: Any) -> bool:
     full = getattr(aqueue, "full", None)
     return callable(full) and bool(full())
-
-
-def _task_stack(task: asyncio.Task[Any] | None) -> list[str]:
-    """Where `task` is suspended, outermost frame first, as 'file:line in function' lines.
-
-    `Task.get_stack()` stops at the task's own coroutine; this follows what each
-    coroutine awaits (coroutines, async generators, ``yield from`` generators) down to
-    the innermost frame, which is where a stalled backend sits. Async generators are
-    reached through their ``asend`` awaitables, which name their generator only to the
-    garbage collector. Snapshot-time work only: nothing of it runs per item.
-    """
-    if task is None or task.done():
-        return []
-    try:
-        frames: list[FrameType] = []
-        awaited: object = task.get_coro()
-        for _ in range(_STACK_WALK_LIMIT):
-            frame, awaited = _frame_and_awaited(awaited)
-            if frame is not None:
-                frames.append(frame)
-            if awaited is None:
-                break
-        return [
-            f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-            for frame in frames[-_STACK_DEPTH:]
-        ]
-    except Exception:  # a task moving on, on another thread, while we look
-        return []
-
-
-def _frame_and_awaited(obj: object) -> tuple[FrameType | None, object]:
-    """The frame of a suspended coroutine-like `obj`, and what it awaits in turn."""
-    if inspect.iscoroutine(obj):
-        return obj.cr_frame, obj.cr_await
-    if inspect.isasyncgen(obj):
-        return obj.ag_frame, obj.ag_await
-    if inspect.isgenerator(obj):
-        return obj.gi_frame, obj.gi_yieldfrom
-    # An async generator's asend/athrow awaitable, or another wrapper: step to the
-    # generator or coroutine it holds, if any. A future ends the walk.
-    if isinstance(obj, asyncio.Future):
-        return None, None
-    for referent in gc.get_referents(obj):
-        if inspect.isasyncgen(referent) or inspect.iscoroutine(referent):
-            return None, referent
-    return None, None
 
 
 def backend_type_of(obj: object) -> str:
@@ -412,80 +337,3 @@ def backend_type_of(obj: object) -> str:
     ):
         return qualname
     return type(obj).__qualname__
-
-
-# --- the registry -----------------------------------------------------------------------------
-
-_registry: dict[str, StreamWatch] = {}
-
-
-def register(watch: StreamWatch) -> None:
-    """Add a running stream to the in-flight view."""
-    _registry[watch.stream_id] = watch
-
-
-def unregister(watch: StreamWatch) -> None:
-    """Remove an ended stream at once, so nothing of it stays behind."""
-    _registry.pop(watch.stream_id, None)
-
-
-def registered() -> int:
-    """How many streams are in flight (all loops, all threads)."""
-    return len(_registry)
-
-
-def active_by_name() -> dict[str, int]:
-    """Running streams per metric label, for the `thunkscope.stream.active` instrument."""
-    counts: Counter[str] = Counter()
-    for watch in _registry.copy().values():
-        counts[telemetry.stream_names.fold(watch.name)] += 1
-    return dict(counts)
-
-
-telemetry.active_streams = active_by_name
-
-
-def inflight() -> list[dict[str, Any]]:
-    """One snapshot per running `send_to_queue`, most idle first.
-
-    Covers every event loop and thread of the process. Each snapshot has
-    ``stream_id``, ``name``, ``trace_id``, ``state``, ``items``, ``age_s``, ``idle_s``,
-    ``backend_type`` and ``stack`` (where the producing task is suspended).
-    """
-    watches = _registry.copy().values()  # one atomic copy: other threads register meanwhile
-    now = time.monotonic()
-    snapshots = [watch.snapshot(now) for watch in watches]
-    snapshots.sort(key=lambda snap: (snap["idle_s"], snap["age_s"]), reverse=True)
-    return snapshots
-
-
-# --- who produces into which queue ------------------------------------------------------------
-
-
-class Producer(NamedTuple):
-    """The producing stream of a queue, as a consumer's span links to it."""
-
-    span_context: SpanContext
-    stream_id: str
-    name: str
-
-
-# Weak keys: a queue that is gone takes its entry with it, and the entry holds only ids.
-_producers: weakref.WeakKeyDictionary[Any, Producer] = weakref.WeakKeyDictionary()
-
-
-def note_producer(aqueue: object, watch: StreamWatch) -> None:
-    """Remember, once per stream, which producer span feeds `aqueue` (the latest wins)."""
-    ctx = watch.span.get_span_context()
-    if not ctx.is_valid:
-        return
-    with contextlib.suppress(TypeError):  # a queue that cannot be weakly referenced: no link
-        _producers[aqueue] = Producer(ctx, watch.stream_id, watch.name)
-
-
-def producer_of(aqueue: object) -> Producer | None:
-    """The producer last noted for `aqueue`, if any."""
-    try:
-        return _producers.get(aqueue)
-    except TypeError:
-        return None

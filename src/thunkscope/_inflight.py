@@ -1,0 +1,175 @@
+"""Streams in flight: the registry, their snapshots, and who produces into which queue.
+
+Every running stream is registered here, so `thunkscope.inflight()` can answer
+"which stream is stuck right now, since when, and on what?" from any thread, and the
+``thunkscope.stream.active`` gauge can count them (`active_by_name`, handed to the
+telemetry by `thunkscope/__init__`). The registry holds no reference of its own to the
+iterator, the queue or the items: it holds the producing task while that runs (to show
+its stack) and drops the stream the moment it ends. Queues are remembered weakly, with
+their producer's span context, so that a consumer's span can link to the producer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import inspect
+import time
+import weakref
+from collections import Counter
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from thunkscope._telemetry import telemetry
+from thunkscope._watch import StreamWatch
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+_STACK_DEPTH: Final = 16
+_STACK_WALK_LIMIT: Final = 64
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+_registry: dict[str, StreamWatch] = {}
+
+
+def register(watch: StreamWatch) -> None:
+    """Add a running stream to the in-flight view."""
+    _registry[watch.stream_id] = watch
+
+
+def unregister(watch: StreamWatch) -> None:
+    """Remove an ended stream at once, so nothing of it stays behind."""
+    _registry.pop(watch.stream_id, None)
+
+
+def registered() -> int:
+    """How many streams are in flight (all loops, all threads)."""
+    return len(_registry)
+
+
+def in_flight_watches() -> list[StreamWatch]:
+    """The watches of the streams running now, on every loop and thread (one atomic copy:
+    other threads register meanwhile). For gauges and views that read the registry."""
+    return list(_registry.copy().values())
+
+
+def active_by_name() -> dict[str, int]:
+    """Running streams per metric label, for the `thunkscope.stream.active` instrument."""
+    counts: Counter[str] = Counter()
+    for watch in in_flight_watches():
+        counts[telemetry.stream_names.fold(watch.name)] += 1
+    return dict(counts)
+
+
+def inflight() -> list[dict[str, Any]]:
+    """One snapshot per running `send_to_queue`, most idle first.
+
+    Covers every event loop and thread of the process. Each snapshot has
+    ``stream_id``, ``name``, ``trace_id``, ``state``, ``items``, ``age_s``, ``idle_s``,
+    ``backend_type`` and ``stack`` (where the producing task is suspended).
+    """
+    watches = in_flight_watches()
+    now = time.monotonic()
+    snapshots = [snapshot(watch, now) for watch in watches]
+    snapshots.sort(key=lambda snap: (snap["idle_s"], snap["age_s"]), reverse=True)
+    return snapshots
+
+
+# --- who produces into which queue ------------------------------------------------------------
+
+
+class Producer(NamedTuple):
+    """The producing stream of a queue, as a consumer's span links to it."""
+
+    span_context: SpanContext
+    stream_id: str
+    name: str
+
+
+# Weak keys: a queue that is gone takes its entry with it, and the entry holds only ids.
+_producers: weakref.WeakKeyDictionary[Any, Producer] = weakref.WeakKeyDictionary()
+
+
+def note_producer(aqueue: object, watch: StreamWatch) -> None:
+    """Remember, once per stream, which producer span feeds `aqueue` (the latest wins)."""
+    ctx = watch.span.get_span_context()
+    if not ctx.is_valid:
+        return
+    with contextlib.suppress(TypeError):  # a queue that cannot be weakly referenced: no link
+        _producers[aqueue] = Producer(ctx, watch.stream_id, watch.name)
+
+
+def producer_of(aqueue: object) -> Producer | None:
+    """The producer last noted for `aqueue`, if any."""
+    try:
+        return _producers.get(aqueue)
+    except TypeError:
+        return None
+
+
+# --- snapshots ---------------------------------------------------------------------------------
+
+
+def snapshot(watch: StreamWatch, now: float) -> dict[str, Any]:
+    """Plain, JSON-serialisable data about one stream as it is now."""
+    return {
+        "stream_id": watch.stream_id,
+        "name": watch.name,
+        "trace_id": watch.trace_id,
+        "state": watch.state,
+        "items": watch.items,
+        "age_s": round(now - watch.started, 6),
+        "idle_s": round(now - watch.last, 6),
+        "backend_type": watch.backend_type,
+        "stack": _task_stack(watch.task),
+    }
+
+
+def _task_stack(task: asyncio.Task[Any] | None) -> list[str]:
+    """Where `task` is suspended, outermost frame first, as 'file:line in function' lines.
+
+    `Task.get_stack()` stops at the task's own coroutine; this follows what each
+    coroutine awaits (coroutines, async generators, ``yield from`` generators) down to
+    the innermost frame, which is where a stalled backend sits. Async generators are
+    reached through their ``asend`` awaitables, which name their generator only to the
+    garbage collector. Snapshot-time work only: nothing of it runs per item.
+    """
+    if task is None or task.done():
+        return []
+    try:
+        frames: list[FrameType] = []
+        awaited: object = task.get_coro()
+        for _ in range(_STACK_WALK_LIMIT):
+            frame, awaited = _frame_and_awaited(awaited)
+            if frame is not None:
+                frames.append(frame)
+            if awaited is None:
+                break
+        return [
+            f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+            for frame in frames[-_STACK_DEPTH:]
+        ]
+    except Exception:  # a task moving on, on another thread, while we look
+        return []
+
+
+def _frame_and_awaited(obj: object) -> tuple[FrameType | None, object]:
+    """The frame of a suspended coroutine-like `obj`, and what it awaits in turn."""
+    if inspect.iscoroutine(obj):
+        return obj.cr_frame, obj.cr_await
+    if inspect.isasyncgen(obj):
+        return obj.ag_frame, obj.ag_await
+    if inspect.isgenerator(obj):
+        return obj.gi_frame, obj.gi_yieldfrom
+    # An async generator's asend/athrow awaitable, or another wrapper: step to the
+    # generator or coroutine it holds, if any. A future ends the walk.
+    if isinstance(obj, asyncio.Future):
+        return None, None
+    for referent in gc.get_referents(obj):
+        if inspect.isasyncgen(referent) or inspect.iscoroutine(referent):
+            return None, referent
+    return None, None
