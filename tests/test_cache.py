@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from conftest import Counted, Telemetry
 from thunkscope import ClientCache, names
-from thunkscope import _cache as core_cache
+from thunkscope import _cacherec as cacherec
 from thunkscope import _events as events
 from thunkscope._telemetry import telemetry as telemetry_state
 
@@ -253,11 +253,9 @@ class TestLogsCarryTheirSpan:
         self, telemetry: Telemetry, log_events: list[dict[str, Any]]
     ) -> None:
         """`report` (the mellea instrumentation's path) logs with the ids of the span it ends."""
-        span = core_cache.start_span(names.SPAN_CACHE_PUT, "reported")
+        span = cacherec.begin(names.SPAN_CACHE_PUT, "reported")
         assert span is not None
-        core_cache.report(
-            span, "reported", 1, 1, events.DEBUG, names.LOG_CACHE_PUT, result=None, evicted=True
-        )
+        cacherec.report(span, "reported", 1, 1, result=None, evicted=True)
         (ended,) = telemetry.spans()
         assert logged_ids(log_events) == [
             (names.LOG_CACHE_PUT, *ids_of(ended)),

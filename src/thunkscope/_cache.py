@@ -32,12 +32,12 @@ from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import trace as _trace_api
 from opentelemetry.metrics import _internal as _metrics_api
-from opentelemetry.trace import Span, Status, StatusCode
 
+from thunkscope import _cacherec as cacherec
 from thunkscope import _events as events
 from thunkscope import names
 from thunkscope._settings import count, optional_callable, text
-from thunkscope._telemetry import CacheStats, end_span, report_failure, telemetry
+from thunkscope._telemetry import CacheStats, report_failure, telemetry
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -140,7 +140,7 @@ class ClientCache(Generic[K, V]):
                 return value  # nothing observes this hit: not even a counter to bump
         except KeyError:  # logging emptied its level cache, or structlog's state is new to us:
             pass  # ask them below
-        self._stats.hits += 1
+        cacherec.count(self._stats, names.RESULT_HIT)
         span_wanted = telemetry.cheap_span_wanted()
         log = events.emitter(events.DEBUG)
         if span_wanted or log is not None:
@@ -169,15 +169,14 @@ class ClientCache(Generic[K, V]):
             cache[key] = value
             self._stale_keys.pop(key, None)
             self._bind_locked(key, loop)
-        evictions = len(stale) + (evicted is not None)
-        if evictions:
-            self._stats.evictions += evictions
+        cacherec.count(self._stats, None, len(stale) + (evicted is not None))
+        level, event = cacherec.LOG_BY_RESULT[None]
         self._report(
             names.SPAN_CACHE_PUT,
-            names.LOG_CACHE_PUT,
+            event,
             None,
             telemetry.cheap_span_wanted(),
-            events.emitter(events.DEBUG),
+            events.emitter(level),
             evicted=evicted is not None,
             stale=len(stale),
         )
@@ -213,20 +212,10 @@ class ClientCache(Generic[K, V]):
         with self._lock:
             stale = self._reap_locked()
             was_stale = self._stale_keys.pop(key, _MISSING) is not _MISSING
-        stats = self._stats
         if was_stale:
             result, value = names.RESULT_STALE, None
-            stats.stale += 1
-        elif result == names.RESULT_HIT:
-            stats.hits += 1
-        else:
-            stats.misses += 1
-        if stale:
-            stats.evictions += len(stale)
-        if result == names.RESULT_HIT:
-            level, event = events.DEBUG, names.LOG_CACHE_HIT
-        else:
-            level, event = events.INFO, names.LOG_CACHE_MISS
+        cacherec.count(self._stats, result, len(stale))
+        level, event = cacherec.LOG_BY_RESULT[result]
         self._report(
             names.SPAN_CACHE_GET,
             event,
@@ -300,9 +289,12 @@ class ClientCache(Generic[K, V]):
         span = None
         if span_wanted:
             any_evicted = evicted if evicted is None else evicted or stale > 0
-            attributes = {names.CACHE_NAME: self.name, **_outcome(size, result, any_evicted)}
-            span = _start_span(span_name, attributes)
-        _finish(
+            attributes = {
+                names.CACHE_NAME: self.name,
+                **cacherec.outcome(size, result, any_evicted),
+            }
+            span = cacherec.start(span_name, attributes)
+        cacherec.finish(
             span,
             self.name,
             size,
@@ -324,110 +316,6 @@ class ClientCache(Generic[K, V]):
                 _run_soon(result, self.name)
         except Exception as exc:
             _evict_hook_failed(self.name, exc)
-
-
-def start_span(span_name: str, cache_name: str) -> Span | None:
-    """The span of one cache operation, if a cheap span is wanted now; end it with `report`."""
-    if not telemetry.cheap_span_wanted():
-        return None
-    return _start_span(span_name, {names.CACHE_NAME: cache_name})
-
-
-def report(
-    span: Span | None,
-    cache_name: str,
-    size: int,
-    capacity: int,
-    level: int,
-    event: str,
-    *,
-    result: str | None,
-    evicted: bool | None,
-    error: BaseException | None = None,
-) -> None:
-    """End one cache operation's span (from `start_span`) with what it did, and log it.
-
-    Shared by `ClientCache` and the mellea instrumentation's ``ClientCache`` wrappers:
-    the span gets the size after the operation, the result, whether it evicted and the
-    type of an exception it raised; `event` is logged at `level`, and an eviction
-    also as ``cache.evicted``. The log events carry the ids of the span.
-    """
-    if span is not None:
-        try:
-            attributes = _outcome(size, result, evicted)
-            if error is not None:
-                error_type = type(error).__qualname__
-                attributes[names.ERROR_TYPE] = error_type
-                span.set_status(Status(StatusCode.ERROR, f"raised {error_type}"))
-            span.set_attributes(attributes)
-        except Exception as exc:
-            report_failure("span attributes", exc)
-    log = events.emitter(level)
-    _finish(span, cache_name, size, capacity, event, log, result=result, evicted=evicted)
-
-
-def _outcome(size: int, result: str | None, evicted: bool | None) -> dict[str, Any]:
-    """The attributes of a cache span that say what the operation did."""
-    attributes: dict[str, Any] = {names.CACHE_SIZE: size}
-    if result is not None:
-        attributes[names.CACHE_RESULT] = result
-    if evicted is not None:
-        attributes[names.CACHE_EVICTED] = evicted
-    return attributes
-
-
-def _start_span(span_name: str, attributes: dict[str, Any]) -> Span | None:
-    try:
-        return telemetry.tracer.start_span(span_name, attributes=attributes)
-    except Exception as exc:
-        report_failure("span start", exc)
-        return None
-
-
-def _finish(
-    span: Span | None,
-    cache_name: str,
-    size: int,
-    capacity: int,
-    event: str,
-    log: events.Emitter | None,
-    *,
-    result: str | None,
-    evicted: bool | None,
-    stale: int = 0,
-) -> None:
-    """End the span (each eviction, LRU or `stale`, is an event on it) and log the
-    operation: `stale` evictions as ``cache.evicted`` with reason ``stale``, `event` with
-    `log`, an LRU eviction as ``cache.evicted``; each with the span's ids (the span is
-    never made current, so the logger would not find it)."""
-    evictions = stale + bool(evicted)
-    if span is not None:
-        try:
-            for _ in range(evictions):
-                span.add_event(names.EVENT_CACHE_EVICTED, {names.CACHE_NAME: cache_name})
-        except Exception as exc:
-            report_failure("span event", exc)
-        end_span(span)
-    log_eviction = events.emitter(events.INFO) if evictions else None
-    if log is None and log_eviction is None:
-        return
-    ids = {} if span is None else events.span_ids(span)
-    if log_eviction is not None:
-        for _ in range(stale):
-            log_eviction(
-                names.LOG_CACHE_EVICTED,
-                cache=cache_name,
-                reason=names.RESULT_STALE,
-                size=size,
-                **ids,
-            )
-    if log is not None:
-        fields: dict[str, Any] = {"cache": cache_name, "size": size, "capacity": capacity}
-        if result == names.RESULT_STALE:
-            fields["result"] = result
-        log(event, **fields, **ids)
-    if evicted and log_eviction is not None:
-        log_eviction(names.LOG_CACHE_EVICTED, cache=cache_name, size=size, **ids)
 
 
 class _Missing:

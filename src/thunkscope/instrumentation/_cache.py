@@ -24,11 +24,10 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from thunkscope import _cache as core_cache
-from thunkscope import _events as events
+from thunkscope import _cacherec as cacherec
 from thunkscope import names
 from thunkscope._telemetry import CacheStats, end_span, telemetry
-from thunkscope.instrumentation._stream import label_for_module
+from thunkscope.instrumentation._naming import label_for_module
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -71,33 +70,23 @@ def _report(
     error: BaseException | None = None,
 ) -> None:
     """End the operation's span and log it, as thunkscope's own ClientCache does."""
-    if result == names.RESULT_HIT:
-        level, event = events.DEBUG, names.LOG_CACHE_HIT
-    elif result == names.RESULT_MISS:
-        level, event = events.INFO, names.LOG_CACHE_MISS
-    else:
-        level, event = events.DEBUG, names.LOG_CACHE_PUT
-    core_cache.report(
-        span, name, len(cache.cache), cache.capacity, level, event,
-        result=result, evicted=evicted, error=error,
-    )  # fmt: skip
+    cacherec.report(
+        span, name, len(cache.cache), cache.capacity, result=result, evicted=evicted, error=error
+    )
 
 
 def get_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``ClientCache.get``: mellea's lookup, then a hit or a miss (a cached None is a miss)."""
     name, stats = _identify(instance)
-    span = core_cache.start_span(names.SPAN_CACHE_GET, name)
+    span = cacherec.begin(names.SPAN_CACHE_GET, name)
     try:
         value = wrapped(*args, **kwargs)
     except BaseException as exc:
         _report(span, instance, name, result=None, evicted=None, error=exc)
         raise
-    if value is None:
-        stats.misses += 1
-        _report(span, instance, name, result=names.RESULT_MISS, evicted=None)
-    else:
-        stats.hits += 1
-        _report(span, instance, name, result=names.RESULT_HIT, evicted=None)
+    result = names.RESULT_MISS if value is None else names.RESULT_HIT
+    cacherec.count(stats, result)
+    _report(span, instance, name, result=result, evicted=None)
     return value
 
 
@@ -108,7 +97,7 @@ def make_put_wrapper(*, locked_evictions: bool) -> Wrapper:
         wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         name, stats = _identify(instance)
-        span = core_cache.start_span(names.SPAN_CACHE_PUT, name)
+        span = cacherec.begin(names.SPAN_CACHE_PUT, name)
         previous = _flag.evicted
         _flag.evicted = False
         if not locked_evictions:
@@ -124,8 +113,7 @@ def make_put_wrapper(*, locked_evictions: bool) -> Wrapper:
             raise
         evicted = _flag.evicted
         _flag.evicted = previous
-        if evicted:
-            stats.evictions += 1
+        cacherec.count(stats, None, int(evicted))
         _report(span, instance, name, result=None, evicted=evicted)
 
     return put_wrapper
@@ -136,7 +124,7 @@ def get_or_create_wrapper(
 ) -> Any:
     """``ClientCache.get_or_create`` (0.8): a hit, or a miss that built a value."""
     name, stats = _identify(instance)
-    span = core_cache.start_span(names.SPAN_CACHE_GET_OR_CREATE, name)
+    span = cacherec.begin(names.SPAN_CACHE_GET_OR_CREATE, name)
     built = False
     if len(args) >= 2:
         key, factory = args[0], args[1]
@@ -163,21 +151,15 @@ def get_or_create_wrapper(
         value = wrapped(key, observed_factory, *rest_args, **rest_kwargs)
     except BaseException as exc:
         _flag.evicted = previous
-        if built:
-            stats.misses += 1
-        _report(span, instance, name, result=names.RESULT_MISS if built else None, evicted=None,
-                error=exc)  # fmt: skip
+        result = names.RESULT_MISS if built else None
+        cacherec.count(stats, result)
+        _report(span, instance, name, result=result, evicted=None, error=exc)
         raise
     evicted = _flag.evicted
     _flag.evicted = previous
-    if built:
-        stats.misses += 1
-    else:
-        stats.hits += 1
-    if evicted:
-        stats.evictions += 1
-    _report(span, instance, name, result=names.RESULT_MISS if built else names.RESULT_HIT,
-            evicted=evicted)  # fmt: skip
+    result = names.RESULT_MISS if built else names.RESULT_HIT
+    cacherec.count(stats, result, int(evicted))
+    _report(span, instance, name, result=result, evicted=evicted)
     return value
 
 

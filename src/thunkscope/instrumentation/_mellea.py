@@ -36,7 +36,8 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from thunkscope import names
 from thunkscope._telemetry import telemetry
 from thunkscope.instrumentation import _cache, _helpers
-from thunkscope.instrumentation._stream import label_for_module, make_send_to_queue_wrapper
+from thunkscope.instrumentation._naming import label_for_module
+from thunkscope.instrumentation._stream import make_send_to_queue_wrapper
 from thunkscope.instrumentation.package import _instruments
 
 _log = logging.getLogger(names.LOGGER_NAME)

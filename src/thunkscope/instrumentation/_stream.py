@@ -47,19 +47,6 @@ from thunkscope._watch import AWAITING_ITEM, State, StreamWatch, backend_type_of
 from thunkscope.instrumentation import _ids
 
 
-def label_for_module(module_name: str) -> str:
-    """The low-cardinality stream or cache name for code in `module_name`.
-
-    ``mellea.backends.openai`` gives ``mellea.openai``; anything else gives ``mellea``.
-    """
-    prefix = "mellea.backends."
-    if module_name.startswith(prefix):
-        backend = module_name[len(prefix) :].split(".", 1)[0]
-        if backend:
-            return f"mellea.{backend}"
-    return "mellea"
-
-
 def queue_of(target: object) -> Any:
     """The queue mellea's producer feeds: the argument itself (0.6/0.7) or ``mot._gen.queue``."""
     if callable(getattr(target, "put", None)):
