@@ -12,9 +12,6 @@ PACKAGE = SRC / "thunkscope"
 ALLOWED = {
     # The instrumentor convention of opentelemetry-instrumentation: `package._instruments`.
     ("thunkscope/instrumentation/_mellea.py", "thunkscope.instrumentation.package._instruments"),
-    # The cache's fast path asks the log emitter's probes directly (one call, no wrapper).
-    ("thunkscope/_cache.py", "thunkscope._events._level_cache"),
-    ("thunkscope/_cache.py", "thunkscope._events._structlog_config"),
 }
 
 

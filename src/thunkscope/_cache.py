@@ -30,11 +30,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Generic, TypeVar
 
-from opentelemetry import trace as _trace_api
-from opentelemetry.metrics import _internal as _metrics_api
-
 from thunkscope import _cacherec as cacherec
 from thunkscope import _events as events
+from thunkscope import _probes as probes
 from thunkscope import names
 from thunkscope._settings import count, optional_callable, text
 from thunkscope._telemetry import CacheStats, report_failure, telemetry
@@ -46,26 +44,11 @@ DEFAULT_CACHE_NAME: Final = "client_cache"
 
 
 # What the hit path reads to learn that nobody is tracing or logging at debug: module
-# attributes and two dicts, no calls (see `_events` for why these and not the APIs).
-_levels: dict[int, bool] = events._level_cache if events._level_cache is not None else {}
-
-
-def _attributes_of(config: object) -> dict[str, Any]:
-    """The instance attributes of structlog's configuration object, read and never written.
-
-    structlog sets them in `configure()` and `reset_defaults()` only: until one is called
-    the dict is empty (every setting is the class default, ``is_configured`` False), so
-    the hit path learns "never configured" from the dict's truth value, as fast as an
-    instance attribute and without writing to another library's state. Unknown structlog
-    internals read as configured: the hit always takes the full path.
-    """
-    try:
-        return vars(config) if config is not None else {"is_configured": True}
-    except TypeError:  # pragma: no cover - no instance dict
-        return {"is_configured": True}
-
-
-_structlog_state: dict[str, Any] = _attributes_of(events._structlog_config)
+# attributes and two dicts, no calls (`_probes` says what each is and why).
+_trace_state = probes.TRACE_STATE
+_metrics_state = probes.METRICS_STATE
+_levels: dict[int, bool] = probes.LEVEL_CACHE if probes.LEVEL_CACHE is not None else {}
+_structlog_state: dict[str, Any] = probes.STRUCTLOG_STATE
 
 
 class ClientCache(Generic[K, V]):
@@ -132,8 +115,8 @@ class ClientCache(Generic[K, V]):
         try:
             if (
                 not telemetry.own_providers
-                and _trace_api._TRACER_PROVIDER is None
-                and _metrics_api._METER_PROVIDER is None
+                and _trace_state._TRACER_PROVIDER is None
+                and _metrics_state._METER_PROVIDER is None
                 and not _levels[10]  # logging.DEBUG, as a constant: no global lookup
                 and (not _structlog_state or not _structlog_state["is_configured"])
             ):
@@ -155,7 +138,7 @@ class ClientCache(Generic[K, V]):
             hash(key)
         except TypeError:
             raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
-        loop = asyncio._get_running_loop()
+        loop = probes.running_loop()
         evicted: tuple[K, V] | None = None
         with self._lock:
             stale = self._reap_locked()

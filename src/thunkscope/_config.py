@@ -48,6 +48,7 @@ from thunkscope._export import (
     Protocol,
     install_log_gate,
 )
+from thunkscope._probes import global_provider_set
 from thunkscope._settings import (
     PROTOCOLS,
     SPAN_MODES,
@@ -249,7 +250,7 @@ def configure(
     resource = Resource.create({SERVICE_NAME: args.service_name} if args.service_name else {})
     handle = TelemetryHandle(_health=exporters.health)
 
-    if _global_set(trace_api, "_TRACER_PROVIDER"):
+    if global_provider_set("traces"):
         _warn_kept("tracer")
     else:
         tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
@@ -267,7 +268,7 @@ def configure(
         trace_api.set_tracer_provider(tracer_provider)
         handle.tracer_provider = tracer_provider
 
-    if _global_set(metrics_api._internal, "_METER_PROVIDER"):
+    if global_provider_set("metrics"):
         _warn_kept("meter")
     else:
         reader = PeriodicExportingMetricReader(
@@ -283,7 +284,7 @@ def configure(
         metrics_api.set_meter_provider(meter_provider)
         handle.meter_provider = meter_provider
 
-    if _global_set(logs_api._internal, "_LOGGER_PROVIDER"):
+    if global_provider_set("logs"):
         _warn_kept("logger")
     else:
         logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
@@ -476,10 +477,6 @@ def _instances(argument: str, value: object, kind: type[Any]) -> list[Any]:
                 f"{argument}[{index}] must be a {kind.__name__}, got {type(item).__name__}"
             )
     return items
-
-
-def _global_set(module: Any, attribute: str) -> bool:
-    return getattr(module, attribute, None) is not None
 
 
 def _warn_kept(signal: str) -> None:

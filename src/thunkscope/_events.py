@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -23,6 +22,7 @@ import structlog
 from opentelemetry import trace as trace_api
 from opentelemetry.trace import Span
 
+from thunkscope import _probes as probes
 from thunkscope import names
 from thunkscope._telemetry import report_failure
 
@@ -36,18 +36,10 @@ _METHOD = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"}
 _stdlib = logging.getLogger(names.LOGGER_NAME)
 _structlog = structlog.get_logger(names.LOGGER_NAME)
 
-# Whether structlog was configured, read off its config object: one attribute read
-# instead of `structlog.is_configured()`, which costs more than a cache hit.
-try:
-    _structlog_config: Any = structlog._config._CONFIG
-    _structlog_config.is_configured  # noqa: B018
-except AttributeError:  # pragma: no cover - structlog moved its internals
-    _structlog_config = None
-
-# The standard library caches `isEnabledFor` answers per level in `Logger._cache` and
-# empties that dict in place whenever a level changes; reading it directly keeps the
-# "is debug on?" question to a dict lookup on hot paths.
-_level_cache: dict[int, bool] | None = getattr(_stdlib, "_cache", None)
+# Whether structlog was configured, and is debug on: read off the state behind the
+# public answers, which cost more than a cache hit (see `_probes` for each read and why).
+_structlog_config: Any = probes.STRUCTLOG_CONFIG
+_level_cache: dict[int, bool] | None = probes.LEVEL_CACHE
 
 
 def _structlog_configured() -> bool:
@@ -56,23 +48,7 @@ def _structlog_configured() -> bool:
         configured = structlog.is_configured()
     else:
         configured = bool(_structlog_config.is_configured)
-    return configured and not _configured_only_by_otel_auto_instrumentation()
-
-
-def _configured_only_by_otel_auto_instrumentation() -> bool:
-    """Whether structlog counts as configured only because the OTel structlog
-    instrumentation (loaded by ``opentelemetry-instrument``) reconfigured its defaults.
-
-    Its defaults print every level to stdout; an application that never set structlog
-    up must not see thunkscope's debug events there, so they stay on the stdlib path.
-    """
-    module = sys.modules.get("opentelemetry.instrumentation.structlog")
-    instrumentor = getattr(module, "StructlogInstrumentor", None)
-    return (
-        instrumentor is not None
-        and getattr(instrumentor, "_processor", None) is not None
-        and getattr(instrumentor, "_is_configured_by_app", True) is False
-    )
+    return configured and not probes.structlog_configured_only_by_otel()
 
 
 # (wrapper class, logger factory) of structlog's configuration -> its level check, if any

@@ -32,6 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from thunkscope import _probes as probes
 from thunkscope import names
 from thunkscope._settings import from_environment
 
@@ -128,8 +129,8 @@ class ExportHealth:
         """Remember an inner exporter, so `stop_retries` can end its backoff, and the
         endpoint it resolved for `signal`, for the warnings; return it."""
         self._exporters.append(exporter)
-        endpoint = getattr(exporter, "_endpoint", None)
-        if isinstance(endpoint, str) and endpoint:
+        endpoint = probes.exporter_endpoint(exporter)
+        if endpoint is not None:
             self._endpoints[signal] = endpoint
         return exporter
 
@@ -143,12 +144,8 @@ class ExportHealth:
         attributes move, nothing happens and the shutdown timeout still bounds the wait.
         """
         for exporter in self._exporters:
-            for event in (
-                getattr(getattr(exporter, "_client", None), "_shutdown_event", None),
-                getattr(exporter, "_shutdown_in_progress", None),
-            ):
-                if isinstance(event, threading.Event):
-                    event.set()
+            for event in probes.retry_events(exporter):
+                event.set()
 
     def run(self, signal: str, export: Callable[[], object], ok: object) -> bool:
         """Run one export on this thread with the OTel exporters' logs held back."""
@@ -259,10 +256,8 @@ class _GuardedMetricExporter(MetricExporter):
     """An OTLP metric exporter that never raises and reports failures through `ExportHealth`."""
 
     def __init__(self, inner: MetricExporter, health: ExportHealth) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
+        temporality, aggregation = probes.metric_preferences(inner)
+        super().__init__(preferred_temporality=temporality, preferred_aggregation=aggregation)
         self._inner = health.watch(inner, "metrics")
         self._health = health
 

@@ -24,6 +24,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from thunkscope import names
+from thunkscope._probes import TRACE_STATE as _trace_state
 from thunkscope._settings import DEFAULT_CONTENT_LIMIT as DEFAULT_CONTENT_LIMIT  # re-exported
 from thunkscope._settings import DEFAULT_NAME_LIMIT as DEFAULT_NAME_LIMIT  # re-exported
 from thunkscope._settings import Settings as Settings  # re-exported
@@ -244,7 +245,7 @@ class Telemetry:
         """Whether any tracer provider is set: a module attribute read, not an env lookup."""
         return (
             self._tracer_provider is not None
-            or getattr(trace_api, "_TRACER_PROVIDER", True) is not None
+            or getattr(_trace_state, "_TRACER_PROVIDER", True) is not None
         )
 
     def cheap_span_wanted(self) -> bool:
