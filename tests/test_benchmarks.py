@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -93,7 +94,9 @@ class TestQuickRun:
         found: dict[tuple[str, str], float] = {}
         for fig in report["figures"]:
             assert set(fig) == FIGURE_KEYS
+            assert math.isfinite(fig["value_ns"])
             assert fig["value_ns"] > 0
+            assert math.isfinite(fig["baseline_ns"])
             assert fig["baseline_ns"] > 0
             assert len(fig["samples_ns"]) == len(fig["baseline_samples_ns"]) == report["reps"]
             pairs = zip(fig["samples_ns"], fig["baseline_samples_ns"], strict=True)
@@ -126,9 +129,16 @@ class TestQuickRun:
             "bare spans",
             "x the bare gather",
         ]
-        floor, _, gather = report["breakdown"]
-        assert floor["value_ns"] > 0  # tens of microseconds of SDK work: never lost in noise
-        assert gather["ratio"] > 1  # a span and two records around the same gather
+        # Figures only: how large each part is depends on the machine and its load, so it is
+        # printed, never compared with a target here. The first two parts are differences of
+        # two timings (noise may make one negative); the gather part is a time over a time.
+        for part in report["breakdown"]:
+            assert set(part) == {"name", "unit", "value_ns", "ratio"}, part
+            assert math.isfinite(part["value_ns"]), part
+            assert math.isfinite(part["ratio"]), part
+        gather = report["breakdown"][2]
+        assert gather["value_ns"] > 0, gather
+        assert gather["ratio"] > 0, gather
 
     def test_report_shape(self, quick_run: tuple[str, dict[str, Any]]) -> None:
         """The JSON names the mode, the machine and the overall verdict."""

@@ -7,7 +7,6 @@ import http.client
 import json
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 import thunkscope
+from support.waiting import until
 from thunkscope import DebugServer, send_to_queue, serve_debug
 
 
@@ -90,7 +90,7 @@ class TestEndpoint:
             send_to_queue(stuck_backend(release, given), queue, stall_after=0.05, name="served")
         )
         await given.wait()
-        await asyncio.sleep(0.1)
+        await until(lambda: [s["state"] for s in thunkscope.inflight()] == ["stalled"])
         status, content_type, body = await asyncio.to_thread(get, server.url + "inflight")
         release.set()
         await task
@@ -99,8 +99,8 @@ class TestEndpoint:
         (snapshot,) = body
         functions = [line.rsplit(" in ", 1)[1] for line in snapshot.pop("stack")]
         assert functions[-2:] == ["stuck_backend", "wait"]
-        assert snapshot["age_s"] >= 0.1
-        assert snapshot["idle_s"] >= 0.1
+        # Stalled means idle for at least stall_after, and the stream is older than its idleness.
+        assert snapshot["age_s"] >= snapshot["idle_s"] >= 0.05
         (span,) = telemetry.spans("send_to_queue")
         assert {k: v for k, v in snapshot.items() if k not in ("age_s", "idle_s")} == {
             "stream_id": span.attributes["thunkscope.stream.id"],
@@ -128,20 +128,22 @@ class TestEndpoint:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(send_to_queue(stuck_backend(release, given), queue))
         await given.wait()
-        answers: list[tuple[float, Any]] = []
+        answers: list[Any] = []
 
         def fetch() -> None:
-            answers.append((time.monotonic(), get(server.url + "inflight")[2]))
+            answers.append(get(server.url + "inflight")[2])
 
         fetcher = threading.Thread(target=fetch)
         fetcher.start()
-        time.sleep(0.3)  # noqa: ASYNC251 - the event loop is blocked on purpose
-        unblocked = time.monotonic()
-        fetcher.join(5)
+        # The event loop is blocked on purpose until the answer is in (or 30 s pass): an
+        # answer that needed the loop could only come after this join gave up.
+        fetcher.join(30)
+        answered_while_blocked = not fetcher.is_alive()
         release.set()
         await task
-        ((answered, body),) = answers
-        assert answered < unblocked
+        fetcher.join(30)
+        assert answered_while_blocked
+        (body,) = answers
         assert [snap["state"] for snap in body] == ["awaiting_item"]
 
     def test_close(self) -> None:

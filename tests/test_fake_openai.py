@@ -8,7 +8,6 @@ main one) and are skipped elsewhere.
 from __future__ import annotations
 
 import http.client
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -62,6 +61,16 @@ def _stamped_events(response: http.client.HTTPResponse) -> list[tuple[float, str
             return stamped
         if line.startswith(b"data: "):
             stamped.append((time.monotonic(), line.decode().strip()))
+
+
+def _rest_of_body(response: http.client.HTTPResponse) -> bytes:
+    """What is left of a response body, however the server ended it."""
+    try:
+        return response.read()
+    except http.client.IncompleteRead as cut:
+        return cut.partial
+    except OSError:
+        return b""
 
 
 class TestParseBehaviour:
@@ -134,12 +143,15 @@ class TestStreaming:
 
     def test_numbered_chunks_and_delay(self, fake_openai: FakeOpenAI) -> None:
         """``[chunks:N]`` answers N numbered chunks, ``[delay:S]`` spaces them by S seconds."""
+        sent = time.monotonic()
         conn, response = _post(fake_openai, _chat("[chunks:3] [delay:0.05]", stream=True))
         stamped = _stamped_events(response)
         conn.close()
         contents = [json.loads(d.removeprefix("data: ")) for _, d in stamped[:3]]
         assert [c["choices"][0]["delta"]["content"] for c in contents] == ["c0 ", "c1 ", "c2 "]
-        assert stamped[2][0] - stamped[0][0] >= 0.09
+        # Causal order, not a speed: the third chunk leaves only after two delays have passed
+        # since the request, so it cannot arrive earlier however busy the machine is.
+        assert stamped[2][0] - sent >= 2 * 0.05
 
     def test_keep_alive_serves_several_requests(self, fake_openai: FakeOpenAI) -> None:
         """One connection carries a stream and then another request."""
@@ -157,12 +169,27 @@ class TestBehaviours:
 
     def test_stall_mid_stream(self, fake_openai: FakeOpenAI) -> None:
         """``[stall:S@K]`` holds back everything after the K-th chunk for S seconds."""
+        sent = time.monotonic()
         conn, response = _post(fake_openai, _chat("[stall:0.3@2]", stream=True))
         stamped = _stamped_events(response)
         conn.close()
-        gaps = [b[0] - a[0] for a, b in itertools.pairwise(stamped)]
-        assert gaps[1] >= 0.29
-        assert max(gaps[:1] + gaps[2:]) < gaps[1] / 2
+        contents = [json.loads(d.removeprefix("data: ")) for _, d in stamped[:-1]]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in contents)
+        assert text == "Hello, world!"  # the stall delays the stream, it loses nothing
+        assert stamped[-1][1] == "data: [DONE]"
+        # Causal order, not a speed: chunk 2 leaves only after the stall, which begins after
+        # the request arrived, so it cannot arrive sooner than the stall after the request.
+        assert stamped[2][0] - sent >= 0.3
+
+    def test_stall_holds_back_only_what_follows_its_chunk(self, fake_openai: FakeOpenAI) -> None:
+        """During ``[stall:S@K]`` the first K chunks are already readable; the rest wait."""
+        conn, response = _post(fake_openai, _chat("[stall:30@2]", stream=True), timeout=30.0)
+        first_two = [response.readline() for _ in range(4)]  # two events: data line + blank
+        fake_openai.stop()  # cuts the 30 s stall short
+        rest = _rest_of_body(response)
+        conn.close()
+        assert [line.startswith(b"data: ") for line in first_two] == [True, False, True, False]
+        assert b"data: " not in rest  # nothing after chunk K came out of the stall
 
     def test_fail_with_status(self, fake_openai: FakeOpenAI) -> None:
         """``[fail:500]`` answers HTTP 500 with an OpenAI-style error body."""
@@ -185,10 +212,11 @@ class TestBehaviours:
         server = FakeOpenAI().start()
         conn, response = _post(server, _chat("[stall:30]", stream=True))
         response.readline()  # the first event has arrived; the stall has begun
-        started = time.monotonic()
         server.stop()
-        assert time.monotonic() - started < 2.0
+        rest = _rest_of_body(response)
         conn.close()
+        # Had stop() waited the stall out, the remaining chunks and [DONE] would follow.
+        assert b"data: " not in rest
 
 
 class TestOtherRequests:

@@ -6,15 +6,15 @@ import asyncio
 import gc
 import json
 import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import thunkscope
 from conftest import AtLeast
+from support.waiting import until
 from thunkscope import _inflight, _watch, inflight, names, send_to_queue
 
 HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
@@ -47,14 +47,6 @@ async def waiting_for_answer(release: asyncio.Event) -> str:
     """A backend that has not answered yet."""
     await release.wait()
     return "answer"
-
-
-async def until(condition: Callable[[], bool], within: float = 2.0) -> None:
-    """Poll `condition` every few milliseconds until it holds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.005)
 
 
 def by_name() -> dict[str, dict[str, Any]]:
@@ -138,8 +130,7 @@ class TestSnapshot:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(send_to_queue(two_parts(), queue, stall_after=0.05))
         await until(lambda: queue.qsize() == 1)
-        await asyncio.sleep(0.1)
-        assert [snap["state"] for snap in inflight()] == ["stalled"]
+        await until(lambda: [snap["state"] for snap in inflight()] == ["stalled"], what="stall")
         release.set()
         await until(lambda: queue.qsize() == 2)
         assert [snap["state"] for snap in inflight()] == ["awaiting_item"]
@@ -151,8 +142,8 @@ class TestSnapshot:
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         task = asyncio.create_task(send_to_queue(hanging_tokens(asyncio.Event(), 1, 2), queue))
         await until(lambda: queue.full())
-        await asyncio.sleep(0.01)
-        assert [snap["state"] for snap in inflight()] == ["blocked_on_put"]
+        # The producer has put 1 and now waits to put 2.
+        await until(lambda: [snap["state"] for snap in inflight()] == ["blocked_on_put"])
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -12,6 +12,7 @@ from opentelemetry.trace import StatusCode
 
 import thunkscope
 from conftest import Telemetry
+from support.waiting import until
 from thunkscope import DEFAULT_CHUNK_TIMEOUT, _inflight, names, send_to_queue
 
 HANG = 0.5  # stands in for a backend that never answers: 10x every timeout used here
@@ -175,7 +176,7 @@ class TestErrors:
         """Cancelling the producer task propagates CancelledError and puts nothing more."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(send_to_queue(agen("a", "b", delay=HANG), queue))
-        await asyncio.sleep(0.01)
+        await until(lambda: _inflight.registered() == 1, what="the producer started")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -322,7 +323,7 @@ class TestChunkTimeout:
         task = asyncio.create_task(
             send_to_queue(StalledIterator(), queue, chunk_timeout=None, stall_after=None, name="nt")
         )
-        await asyncio.sleep(0.05)
+        await until(lambda: queue.qsize() == 1, what="the first item arrived")
         (watch,) = [w for w in _inflight._registry.values() if w.name == "nt"]
         assert watch.timeout is None
         assert watch._check is None  # no check: neither a deadline nor a stall watch
@@ -413,7 +414,7 @@ class TestChunkTimeout:
         """A cancellation from outside is never mistaken for the deadline."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(send_to_queue(StalledIterator(), queue, chunk_timeout=10))
-        await asyncio.sleep(0.02)
+        await until(lambda: queue.qsize() == 1, what="the first item arrived")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -458,9 +459,14 @@ class TestBackpressure:
         """A producer waiting on a full queue shows as blocked_on_put in the in-flight view."""
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         producer = asyncio.create_task(send_to_queue(agen("a", "b"), queue, name="bp"))
-        await asyncio.sleep(0.02)
+
+        def blocked() -> bool:
+            return [s["state"] for s in thunkscope.inflight() if s["name"] == "bp"] == [
+                "blocked_on_put"
+            ]
+
+        await until(blocked, what="the producer blocked on its full queue")
         (snapshot,) = [s for s in thunkscope.inflight() if s["name"] == "bp"]
-        assert snapshot["state"] == "blocked_on_put"
         assert snapshot["items"] == 2
         assert [await queue.get() for _ in range(3)] == ["a", "b", None]
         await producer

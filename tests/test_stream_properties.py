@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 
 from conftest import Telemetry, in_memory_telemetry
+from support.waiting import until
 from thunkscope import _inflight, iter_queue, names, send_to_queue
 
 HANG = 0.05  # a hang: longer than the short chunk_timeout, short enough for a test
@@ -333,7 +334,7 @@ class TestActiveCount:
 
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(send_to_queue(stuck(), queue, name="counted"))
-        await asyncio.sleep(0.01)
+        await until(lambda: _inflight.registered() == 1, what="the stream started")
         assert active_by_name()["counted"] == 1
         release.set()
         await task

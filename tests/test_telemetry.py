@@ -15,9 +15,11 @@ from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import BrokenMeterProvider, Telemetry, events_of, in_memory_providers
+from support.waiting import until
 from thunkscope import (
     ClientCache,
     _events,
+    _inflight,
     _telemetry,
     get_current_event_loop,
     inflight,
@@ -341,10 +343,14 @@ class TestMetrics:
         (point,) = telemetry.points(names.QUEUE_PUT_WAIT.name)
         assert dict(point.attributes) == {names.STREAM_NAME: "blocked"}
         assert point.count == 2
-        assert point.sum >= 2 * 0.015
         spans = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         free = [s for s in spans if s.attributes[names.STREAM_NAME] == "free"]
         assert [s.attributes[names.STREAM_PUT_WAIT] for s in free] == [0.0]
+        # The histogram holds exactly the two blocked streams' waits (how long depends on load).
+        waits = [s.attributes[names.STREAM_PUT_WAIT] for s in spans if s not in free]
+        assert len(waits) == 2
+        assert all(wait > 0 for wait in waits), waits
+        assert point.sum == pytest.approx(sum(waits))
 
     async def test_active_streams_while_running(self, telemetry: Telemetry) -> None:
         """thunkscope.stream.active counts streams in flight and returns to zero."""
@@ -358,7 +364,7 @@ class TestMetrics:
             asyncio.create_task(send_to_queue(held(), asyncio.Queue(), name="held"))
             for _ in range(3)
         ]
-        await asyncio.sleep(0.01)
+        await until(lambda: _inflight.registered() == 3, what="three streams started")
         by_name = {
             p.attributes[names.STREAM_NAME]: p.value
             for p in telemetry.points(names.STREAM_ACTIVE.name)
@@ -440,7 +446,8 @@ class TestMetrics:
         await send_to_queue(stalls(), asyncio.Queue(), stall_after=0.03, name="units")
         full: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         blocked = asyncio.create_task(send_to_queue(agen(1), full, name="units"))
-        await asyncio.sleep(0.01)  # the terminator waits for room: a put_wait to record
+        # The terminator waits for room: a put_wait to record.
+        await until(lambda: [s["state"] for s in inflight()] == ["blocked_on_put"])
         assert (full.get_nowait(), await full.get()) == (1, None)
         await blocked
         for metric in names.METRICS:

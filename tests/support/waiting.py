@@ -1,0 +1,42 @@
+"""Waiting on a condition instead of sleeping: the one poll loop the tests share.
+
+A fixed sleep before using something is a guess at how fast the machine is, and a busy
+machine outruns it. These wait until the condition holds, with a deadline generous enough
+that only a real failure reaches it; the deadline's message names what was awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+#: How long a condition may take before the test fails: minutes of load, not milliseconds.
+DEADLINE_S = 30.0
+#: The pause between two looks.
+POLL_S = 0.005
+
+
+def _expired(deadline: float, what: str, within: float) -> None:
+    """Fail the test once `deadline` has passed, naming the condition."""
+    assert time.monotonic() < deadline, f"{what} did not hold within {within:g} s"
+
+
+async def until(
+    condition: Callable[[], bool], within: float = DEADLINE_S, what: str = "condition"
+) -> None:
+    """Poll `condition` from an async test, letting the event loop run between looks."""
+    deadline = time.monotonic() + within
+    while not condition():
+        _expired(deadline, what, within)
+        await asyncio.sleep(POLL_S)
+
+
+def until_sync(
+    condition: Callable[[], bool], within: float = DEADLINE_S, what: str = "condition"
+) -> None:
+    """Poll `condition` from a plain test or a thread."""
+    deadline = time.monotonic() + within
+    while not condition():
+        _expired(deadline, what, within)
+        time.sleep(POLL_S)
