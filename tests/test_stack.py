@@ -44,7 +44,15 @@ from support.stack_dashboards import (
     datasource_uids as dashboard_datasource_uids,
 )
 from support.stack_prometheus import PrometheusAPI, QueryError, Sample, finite, prometheus
-from support.stack_tools import REPO_ROOT, free_port, poll, require_binary, running, wait_http_ok
+from support.stack_tools import (
+    READY_TIMEOUT_S,
+    REPO_ROOT,
+    free_port,
+    poll,
+    require_binary,
+    running,
+    wait_http_ok,
+)
 from thunkscope import names
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -59,7 +67,7 @@ DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "dash
 RATE_WINDOW = "5s"
 DEMO_JOB = "thunkscope-demo"
 DEMO_SECONDS = 90  # the fixture stops it earlier; long enough never to end mid-test
-WAIT_FOR_DATA_S = 25.0
+WAIT_FOR_DATA_S = 60.0
 
 # Panels the demo workload does not fill yet, with the reason. Keep this empty: a panel
 # listed here is one a newcomer running the demo sees empty.
@@ -475,7 +483,9 @@ def scraped_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScrapedDe
             binary, workdir / "prometheus", job=DEMO_JOB, targets=[f"127.0.0.1:{port}"]
         ) as prom,
     ):
-        wait_http_ok(f"http://127.0.0.1:{port}/metrics", timeout=20, process=demo, log=demo_log)
+        wait_http_ok(
+            f"http://127.0.0.1:{port}/metrics", timeout=READY_TIMEOUT_S, process=demo, log=demo_log
+        )
         scraped = ScrapedDemo(prom.api, DEMO_JOB, started)
 
         def scraped_twice() -> None:

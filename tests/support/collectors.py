@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import threading
 import time
@@ -68,6 +69,9 @@ Protocol = Literal["http/protobuf", "grpc"]
 
 #: Longest sleep between two polls of a ``wait_for``.
 POLL_INTERVAL = 0.02
+#: How long a ``wait_for`` waits by default: generous, so that only telemetry that really
+#: never arrives reaches it, however loaded the machine is.
+WAIT_TIMEOUT_S = 30.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,6 +704,22 @@ def _timeout_message(what: str, timeout: float, tail: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _agent_environment() -> dict[str, str]:
+    """This environment without ROTEL_* settings, able to load this interpreter's libpython.
+
+    The rotel wheel's agent embeds the CPython it was installed for and links its shared
+    library by name. Debian's interpreters keep it on the loader's path; pyenv-built ones
+    (the 3.12 and 3.13 CI runs) keep it in their own LIBDIR, which the agent must be shown.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROTEL_")}
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and Path(libdir).is_dir():
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p
+        )
+    return env
+
+
 class RotelCollector(_Views, StartStop):
     """The real ``rotel-agent`` on two free loopback ports, printing what it receives.
 
@@ -714,7 +734,7 @@ class RotelCollector(_Views, StartStop):
         workdir: Path | str | None = None,
         *,
         extra_args: tuple[str, ...] = (),
-        startup_timeout: float = 10.0,
+        startup_timeout: float = 60.0,
     ) -> None:
         self._workdir_given = workdir is not None
         self._workdir = Path(workdir) if workdir is not None else None
@@ -758,7 +778,7 @@ class RotelCollector(_Views, StartStop):
             self._workdir = Path(tempfile.mkdtemp(prefix="rotel-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
         binary = find_rotel_agent()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROTEL_")}
+        env = _agent_environment()
         last_error = ""
         for attempt in range(5):
             self.grpc_port, self.http_port = free_port(), free_port()
@@ -912,7 +932,7 @@ class RotelCollector(_Views, StartStop):
         self._check_alive()
         return None
 
-    def wait_for(self, predicate: Callable[[], T | None], timeout: float = 10.0) -> T:
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float = WAIT_TIMEOUT_S) -> T:
         """Poll ``predicate()`` until it returns something truthy, and return that.
 
         Raises ``TimeoutError`` (with the tail of rotel's output) after ``timeout`` seconds.
@@ -926,7 +946,7 @@ class RotelCollector(_Views, StartStop):
     async def wait_for_async(
         self,
         predicate: Callable[[], T | None],
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = WAIT_TIMEOUT_S,  # noqa: ASYNC109
     ) -> T:
         """``wait_for`` that sleeps with ``asyncio.sleep``, for use inside async tests."""
         deadline = time.monotonic() + timeout
@@ -936,7 +956,7 @@ class RotelCollector(_Views, StartStop):
             await asyncio.sleep(POLL_INTERVAL)
 
     def wait_for_spans(
-        self, count: int = 1, *, name: str | None = None, timeout: float = 10.0
+        self, count: int = 1, *, name: str | None = None, timeout: float = WAIT_TIMEOUT_S
     ) -> list[SpanRecord]:
         """Wait until ``count`` spans (named ``name``, if given) arrived; return all of them."""
 
@@ -952,7 +972,7 @@ class RotelCollector(_Views, StartStop):
         attributes: Mapping[str, Any] | None = None,
         *,
         where: Callable[[MetricPoint], bool] | None = None,
-        timeout: float = 10.0,
+        timeout: float = WAIT_TIMEOUT_S,
     ) -> MetricPoint:
         """Wait for a data point of ``name`` with ``attributes`` (and ``where``); return the
         latest such point."""
@@ -968,7 +988,7 @@ class RotelCollector(_Views, StartStop):
         count: int = 1,
         *,
         where: Callable[[LogRecordData], bool] | None = None,
-        timeout: float = 10.0,
+        timeout: float = WAIT_TIMEOUT_S,
     ) -> list[LogRecordData]:
         """Wait until ``count`` log records (matching ``where``) arrived; return all of them."""
 
@@ -1235,7 +1255,7 @@ class OtelTapCollector(_Views):
     async def wait_for(
         self,
         predicate: Callable[[], T | None],
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = WAIT_TIMEOUT_S,  # noqa: ASYNC109
     ) -> T:
         """Re-check ``predicate()`` whenever telemetry arrives; return its first truthy result.
 
@@ -1263,7 +1283,7 @@ class OtelTapCollector(_Views):
         count: int = 1,
         *,
         name: str | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = WAIT_TIMEOUT_S,  # noqa: ASYNC109
     ) -> list[SpanRecord]:
         """Wait until ``count`` spans (named ``name``, if given) arrived; return all of them."""
 
@@ -1279,7 +1299,7 @@ class OtelTapCollector(_Views):
         attributes: Mapping[str, Any] | None = None,
         *,
         where: Callable[[MetricPoint], bool] | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = WAIT_TIMEOUT_S,  # noqa: ASYNC109
     ) -> MetricPoint:
         """Wait for a data point of ``name`` with ``attributes`` (and ``where``); return the
         latest such point."""
@@ -1295,7 +1315,7 @@ class OtelTapCollector(_Views):
         count: int = 1,
         *,
         where: Callable[[LogRecordData], bool] | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float = WAIT_TIMEOUT_S,  # noqa: ASYNC109
     ) -> list[LogRecordData]:
         """Wait until ``count`` log records (matching ``where``) arrived; return all of them."""
 

@@ -189,7 +189,7 @@ class FakeOpenAI(StartStop):
             raise RuntimeError("FakeOpenAI is already started")
         self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
         self._thread.start()
-        if not self._ready.wait(5.0) or self._server is None:
+        if not self._ready.wait(30.0) or self._server is None:
             raise RuntimeError("FakeOpenAI did not start within 5 s")
         return self
 

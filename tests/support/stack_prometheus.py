@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support.stack_tools import free_port, running, wait_http_ok
+from support.stack_tools import READY_TIMEOUT_S, free_port, running, wait_http_ok
 
 
 class QueryError(AssertionError):
@@ -158,5 +158,5 @@ def prometheus(
         "--log.level=warn",
     ]
     with running(args, log=log) as process:
-        wait_http_ok(f"{url}/-/ready", timeout=20, process=process, log=log)
+        wait_http_ok(f"{url}/-/ready", timeout=READY_TIMEOUT_S, process=process, log=log)
         yield RunningPrometheus(PrometheusAPI(url), url, log)

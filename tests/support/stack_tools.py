@@ -31,6 +31,9 @@ T = TypeVar("T")
 
 # Longest single sleep while polling: tests never sleep for long in one call.
 POLL_INTERVAL = 0.25
+# How long a started program may take to answer its readiness probe: generous, so that only
+# a program that really does not come up reaches it, however loaded the machine is.
+READY_TIMEOUT_S = 60.0
 
 
 def find_binary(name: str) -> str | None:
@@ -89,7 +92,13 @@ def wait_http_ok(url: str, *, timeout: float, process: subprocess.Popen[bytes], 
         except urllib.error.URLError as error:
             raise OSError(str(error)) from error
 
-    poll(answered, timeout=timeout, what=f"waiting for {url}")
+    try:
+        poll(answered, timeout=timeout, what=f"waiting for {url}")
+    except AssertionError as error:
+        raise AssertionError(
+            f"{error}; the output of {process.args!r} so far:\n"
+            + log.read_text(errors="replace")[-4000:]
+        ) from error
 
 
 @contextlib.contextmanager
