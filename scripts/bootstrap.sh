@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Create .venv (Python >= 3.11) and install thunkscope into it, with the extras given.
 # Usage: scripts/bootstrap.sh [EXTRAS]   e.g. scripts/bootstrap.sh test,dev
+# PYTHON=... picks the interpreter, VENV=... the venv directory (default .venv), e.g.
+# PYTHON=python3.13 VENV=.venv-py313 scripts/bootstrap.sh test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
 extras="${1:-}"
+venv="${VENV:-.venv}"
 python="${PYTHON:-}"
 if [ -z "$python" ]; then
   for candidate in python3.11 python3.12 python3.13 python3; do
@@ -22,11 +25,11 @@ if [ -z "$python" ]; then
   exit 1
 fi
 
-if ! venv_has_pip .venv; then
+if ! venv_has_pip "$venv"; then
   ensure_venv_support "$python"
-  "$python" -m venv --clear .venv
+  "$python" -m venv --clear "$venv"
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet --upgrade pip
 target="."
 [ -n "$extras" ] && target=".[${extras}]"
-.venv/bin/python -m pip install --quiet -e "$target"
+"$venv/bin/python" -m pip install --quiet -e "$target"

@@ -17,3 +17,6 @@ bash scripts/install-mellea-envs.sh
 mellea_tests=(tests/test_instrumentation_mellea.py tests/test_fake_openai.py tests/test_streamrec.py)
 .venv-mellea08/bin/python -m pytest -m "mellea" "${mellea_tests[@]}" "$@"
 .venv-mellea07/bin/python -m pytest -m "mellea and not mellea08" "${mellea_tests[@]}" "$@"
+
+# The core suite again on CPython 3.12 and 3.13 (each in its own venv) where they are installed.
+bash scripts/test-other-pythons.sh "$@"
