@@ -40,14 +40,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 if [ "${SKIP_OTHER_PYTHONS:-0}" = "1" ]; then pythons="3.11 only"; else pythons="3.11 and 3.12/3.13 where installed"; fi
-commit="$(git -C "$repo" rev-parse --short "$ref")"
-echo "stress: ${runs} run(s) of scripts/test.sh on ${ref} (${commit}) with ${hogs} CPU hog(s); Python ${pythons}; logs in ${logs}"
+commit="$(git -C "$repo" rev-parse --verify "${ref}^{commit}")"
+echo "stress: ${runs} run(s) of scripts/test.sh on ${ref} (${commit:0:7}) with ${hogs} CPU hog(s); Python ${pythons}; logs in ${logs}"
 
 green=0
 for run in $(seq 1 "$runs"); do
   clone="$work/run${run}"
   git clone --quiet --no-hardlinks "$repo" "$clone"
-  git -C "$clone" checkout --quiet --detach "$ref"
+  git -C "$clone" checkout --quiet --detach "$commit"
   for _ in $(seq 1 "$hogs"); do
     python3 -c 'while True: pass' &
     hog_pids+=("$!")
@@ -59,7 +59,7 @@ for run in $(seq 1 "$runs"); do
   stop_hogs
   elapsed=$((SECONDS - started))
   # pytest's final lines ("== 3 failed, 420 passed, 2 skipped in 80.1s ==") and -ra's FAILED/ERROR lines.
-  counts="$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$log" \
+  counts="$(grep -E '^(=+ )?[0-9]+ (passed|failed|errors?|skipped|deselected)\b.* in [0-9.]+s' "$log" \
     | sed -E 's/^=+ //; s/ in [0-9.]+s.*$//' | paste -sd ';' - || true)"
   failing="$(grep -E '^(FAILED|ERROR) ' "$log" | awk '{print $2}' | sort -u | paste -sd ' ' - || true)"
   [ "$status" -eq 0 ] && green=$((green + 1))
