@@ -152,13 +152,23 @@ def _bounded(
     what: str,
     health: ExportHealth | None,
 ) -> None:
-    """Run the calls in parallel daemon threads and wait at most `timeout_s` for all."""
-    threads = [
-        threading.Thread(target=_quietly, args=(call, what), daemon=True, name=f"thunkscope-{what}")
-        for call in calls
-    ]
-    for thread in threads:
-        thread.start()
+    """Run the calls in parallel daemon threads and wait at most `timeout_s` for all.
+
+    CPython 3.12.0 and 3.12.1 refuse to start a thread once the interpreter shuts down,
+    which is when the atexit flush runs: a call whose thread cannot start runs here instead,
+    bounded by its exporter's own timeout rather than by `timeout_s`.
+    """
+    threads: list[threading.Thread] = []
+    for call in calls:
+        thread = threading.Thread(
+            target=_quietly, args=(call, what), daemon=True, name=f"thunkscope-{what}"
+        )
+        try:
+            thread.start()
+        except RuntimeError:
+            _quietly(call, what)
+        else:
+            threads.append(thread)
     deadline = time.monotonic() + timeout_s
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
