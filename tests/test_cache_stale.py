@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import Telemetry, events_of
+from support.waiting import until
 from test_cache import ids_of
 from thunkscope import ClientCache, names
 
@@ -191,7 +192,7 @@ class TestOnEvictForStale:
 
         async def body() -> None:
             assert cache.get(old_id) is None
-            await asyncio.sleep(0.01)
+            await until(lambda: bool(closed), what="on_evict closed the stale client")
 
         asyncio.run(body())
         (client,) = closed
