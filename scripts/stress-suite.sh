@@ -23,6 +23,7 @@ logs="${STRESS_LOGS:-$(mktemp -d -t thunkscope-stress-logs.XXXXXX)}"
 mkdir -p "$logs"
 work="$(mktemp -d -t thunkscope-stress.XXXXXX)"
 hog_pids=()
+test_pid=""
 
 stop_hogs() {
   local pid
@@ -32,7 +33,16 @@ stop_hogs() {
   done
   hog_pids=()
 }
+# The test run is its own process group (setsid): ending it ends pytest and what it started.
+stop_test() {
+  if [ -n "$test_pid" ]; then
+    kill -- "-$test_pid" 2>/dev/null || true
+    wait "$test_pid" 2>/dev/null || true
+    test_pid=""
+  fi
+}
 cleanup() {
+  stop_test
   stop_hogs
   rm -rf "$work"
 }
@@ -55,7 +65,11 @@ for run in $(seq 1 "$runs"); do
   log="$logs/run${run}.log"
   started=$SECONDS
   status=0
-  (cd "$clone" && PIP_DISABLE_PIP_VERSION_CHECK=1 bash scripts/test.sh) >"$log" 2>&1 || status=$?
+  # In the background and waited for, so that an interrupt is handled at once.
+  (cd "$clone" && PIP_DISABLE_PIP_VERSION_CHECK=1 exec setsid bash scripts/test.sh) >"$log" 2>&1 &
+  test_pid=$!
+  wait "$test_pid" || status=$?
+  test_pid=""
   stop_hogs
   elapsed=$((SECONDS - started))
   # pytest's final lines ("== 3 failed, 420 passed, 2 skipped in 80.1s ==") and -ra's FAILED/ERROR lines.
