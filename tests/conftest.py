@@ -6,101 +6,26 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 import structlog
 from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 
 from thunkscope import _telemetry
+from thunkscope.testing import (  # the tests import these from here too
+    Recorded,
+    VirtualTimeLoop,
+    in_memory_providers,  # noqa: F401
+    in_memory_telemetry,
+)
 
 pytest_plugins = ["support.collectors"]
 
 
-@dataclass
-class Telemetry:
-    """Finished spans and collected metrics of thunkscope, for exact assertions."""
-
-    exporter: InMemorySpanExporter
-    reader: InMemoryMetricReader
-    tracer_provider: TracerProvider
-
-    def spans(self, name: str | None = None) -> list[ReadableSpan]:
-        """Finished spans, oldest first, optionally only those called `name`."""
-        spans = list(self.exporter.get_finished_spans())
-        return [s for s in spans if name is None or s.name == name]
-
-    def points(self, metric_name: str) -> list[Any]:
-        """Data points of one thunkscope metric as collected now."""
-        data = self.reader.get_metrics_data()
-        if data is None:
-            return []
-        found: list[Any] = []
-        for resource_metrics in data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    if metric.name == metric_name:
-                        found.extend(metric.data.data_points)
-        return found
-
-    def metric(self, metric_name: str) -> Any:
-        """The collected metric object (name, unit, data) of one thunkscope metric."""
-        data = self.reader.get_metrics_data()
-        assert data is not None
-        for resource_metrics in data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    if metric.name == metric_name:
-                        return metric
-        raise AssertionError(f"metric {metric_name} was not collected")
-
-    def by_attributes(self, metric_name: str) -> dict[frozenset[tuple[str, Any]], Any]:
-        """Data points keyed by their attribute set."""
-        return {frozenset(p.attributes.items()): p for p in self.points(metric_name)}
-
-
-class InMemoryProviders(NamedTuple):
-    """A tracer and a meter provider that keep what they record in memory."""
-
-    exporter: InMemorySpanExporter
-    tracer_provider: TracerProvider
-    reader: InMemoryMetricReader
-    meter_provider: MeterProvider
-
-
-@contextmanager
-def in_memory_providers() -> Iterator[InMemoryProviders]:
-    """Fresh in-memory tracer and meter providers, shut down (meter first) on leaving."""
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    try:
-        yield InMemoryProviders(exporter, tracer_provider, reader, meter_provider)
-    finally:
-        meter_provider.shutdown()
-        tracer_provider.shutdown()
-
-
-@contextmanager
-def in_memory_telemetry() -> Iterator[Telemetry]:
-    """thunkscope pointed at fresh in-memory providers, and back at the global ones on leaving."""
-    with in_memory_providers() as providers:
-        _telemetry.use_providers(
-            tracer_provider=providers.tracer_provider, meter_provider=providers.meter_provider
-        )
-        try:
-            yield Telemetry(providers.exporter, providers.reader, providers.tracer_provider)
-        finally:
-            _telemetry.use_providers()
+# The project's tests record through the public helpers users get (thunkscope.testing).
+Telemetry = Recorded
 
 
 def events_of(span: ReadableSpan) -> list[tuple[str, dict[str, Any]]]:
@@ -227,3 +152,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs mellea 0.8: run scripts/test.sh"))
         if item.get_closest_marker("without_mellea") and have:
             item.add_marker(pytest.mark.skip(reason="needs an environment without mellea"))
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Any:
+    """Async tests marked ``virtual_time`` run on thunkscope.testing's virtual-time loop,
+    made thunkscope's clock: sleeps and stalls take no real time, and gaps are exact."""
+    if item.get_closest_marker("virtual_time") is None:
+        return {"asyncio": asyncio.new_event_loop}  # one factory: the test id is unchanged
+    return {"virtual": lambda: VirtualTimeLoop().install_clock()}

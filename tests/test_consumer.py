@@ -16,6 +16,8 @@ from thunkscope import iter_queue, names, send_to_queue
 
 HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
 
+pytestmark = pytest.mark.virtual_time  # sleeps and hangs take no real time
+
 
 async def tokens(*items: Any, fail: BaseException | None = None) -> AsyncIterator[Any]:
     """Yield `items`, then raise `fail` if given."""

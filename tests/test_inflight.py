@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 
 import thunkscope
-from conftest import AtLeast
 from support.waiting import until
 from thunkscope import _inflight, _watch, inflight, names, send_to_queue
 
 HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
+
+# Virtual time (sleeps and hangs take no real time) for all but the test across threads,
+# whose other loop runs on real time.
+virtual_time = pytest.mark.virtual_time
 
 SNAPSHOT_KEYS = {
     "stream_id",
@@ -54,11 +57,13 @@ def by_name() -> dict[str, dict[str, Any]]:
     return {snap["name"]: snap for snap in inflight()}
 
 
+@virtual_time
 class TestSnapshot:
     async def test_fields_of_a_running_stream(self, telemetry: Any) -> None:
         """A stream waiting for its next item shows every field, with its trace and stack."""
         release = asyncio.Event()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        start = asyncio.get_running_loop().time()  # thunkscope's clock: the virtual one
         tracer = telemetry.tracer_provider.get_tracer("test")
         with tracer.start_as_current_span("request") as parent:
             task = asyncio.create_task(
@@ -74,8 +79,8 @@ class TestSnapshot:
             "trace_id": f"{parent.get_span_context().trace_id:032x}",
             "state": "awaiting_item",
             "items": 2,
-            "age_s": AtLeast(0.05),
-            "idle_s": AtLeast(0.05),
+            "age_s": round(asyncio.get_running_loop().time() - start, 6),
+            "idle_s": round(asyncio.get_running_loop().time() - start, 6),
             "backend_type": "hanging_tokens",
         }
         functions = [line.rsplit(" in ", 1)[1] for line in stack]
@@ -156,6 +161,7 @@ class TestSnapshot:
 
 
 class TestOrderAndScope:
+    @virtual_time
     async def test_most_idle_first(self) -> None:
         """Snapshots come most idle first."""
         release = asyncio.Event()
@@ -214,6 +220,7 @@ class TestOrderAndScope:
         assert inflight() == []
 
 
+@virtual_time
 class TestNothingLeftBehind:
     @pytest.mark.parametrize("ending", ["completed", "error", "timeout", "cancelled", "bad_arg"])
     async def test_ended_streams_leave_at_once(self, telemetry: Any, ending: str) -> None:
@@ -299,6 +306,7 @@ class TestNothingLeftBehind:
         assert thunkscope.inflight is inflight
 
 
+@virtual_time
 class TestRegistrySource:
     async def test_in_flight_watches_are_the_running_streams(self) -> None:
         """in_flight_watches() lists exactly the running streams' watches, then none."""

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from opentelemetry.trace import INVALID_SPAN
 
-from conftest import AtLeast, events_of
+from conftest import events_of
 from thunkscope import _telemetry, _watch, inflight, names, send_to_queue
 from thunkscope._deadlines import Check
 from thunkscope._watch import StreamWatch
 
-STALL = 0.05
-GAP = 0.15
-HANG = 0.5  # a stall standing in for a hang: at least 10x the chunk_timeout it meets
+# Virtual time (thunkscope.testing): sleeps take no real time and every gap is exact.
+# Binary fractions, so the clock's sums are exact too.
+STALL = 0.0625
+GAP = 0.25
+HANG = 1.0  # a stall standing in for a hang: 10x the chunk_timeout it meets
 
-pytestmark = pytest.mark.usefixtures("telemetry")
+pytestmark = [pytest.mark.usefixtures("telemetry"), pytest.mark.virtual_time]
 
 
 async def gappy(items: list[str], gaps: dict[int, float]) -> AsyncIterator[str]:
@@ -81,8 +82,8 @@ class TestStallWarning:
         (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert events_of(span) == [
             (names.EVENT_FIRST_ITEM, {}),
-            (names.EVENT_STALLED, {"thunkscope.stream.gap": AtLeast(STALL), names.STREAM_ITEMS: 1}),
-            (names.EVENT_RESUMED, {"thunkscope.stream.gap": AtLeast(GAP), names.STREAM_ITEMS: 1}),
+            (names.EVENT_STALLED, {"thunkscope.stream.gap": STALL, names.STREAM_ITEMS: 1}),
+            (names.EVENT_RESUMED, {"thunkscope.stream.gap": GAP, names.STREAM_ITEMS: 1}),
             (names.EVENT_SENTINEL, {names.STREAM_ITEMS: 3}),
         ]
         stalled_gap = span.events[1].attributes["thunkscope.stream.gap"]
@@ -97,7 +98,7 @@ class TestStallWarning:
                 "log_level": "warning",
                 "stream_id": stream_id,
                 "stream": "stall-one",
-                "gap_s": AtLeast(STALL),
+                "gap_s": STALL,
                 "items": 1,
                 **ids,
             }
@@ -108,7 +109,7 @@ class TestStallWarning:
                 "log_level": "info",
                 "stream_id": stream_id,
                 "stream": "stall-one",
-                "gap_s": AtLeast(GAP),
+                "gap_s": GAP,
                 "items": 1,
                 **ids,
             }
@@ -191,9 +192,9 @@ class TestStallWarning:
         await send_to_queue(gappy(["a"], {0: GAP}), queue, chunk_timeout=None, stall_after=STALL)
         (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert events_of(span)[:3] == [
-            (names.EVENT_STALLED, {"thunkscope.stream.gap": AtLeast(STALL), names.STREAM_ITEMS: 0}),
+            (names.EVENT_STALLED, {"thunkscope.stream.gap": STALL, names.STREAM_ITEMS: 0}),
             (names.EVENT_FIRST_ITEM, {}),
-            (names.EVENT_RESUMED, {"thunkscope.stream.gap": AtLeast(GAP), names.STREAM_ITEMS: 0}),
+            (names.EVENT_RESUMED, {"thunkscope.stream.gap": GAP, names.STREAM_ITEMS: 0}),
         ]
 
     async def test_slow_response_stalls_and_resumes_on_the_answer(self, telemetry: Any) -> None:
@@ -207,7 +208,7 @@ class TestStallWarning:
         task = asyncio.create_task(
             send_to_queue(slow_answer(), queue, chunk_timeout=None, stall_after=STALL)
         )
-        await asyncio.sleep(STALL + 0.05)
+        await asyncio.sleep(STALL + STALL)
         (snapshot,) = inflight()
         assert snapshot["state"] == _watch.STALLED
         await task
@@ -349,7 +350,7 @@ class RecordingDeadlines:
 
 def stalled_watch(*, timeout: float | None, iterating: bool) -> tuple[StreamWatch, float]:
     """A watch whose last stamp is 15 s old with stall_after=10 s, after its timer's stall."""
-    start = time.monotonic() - 15.0
+    start = _telemetry.telemetry.clock() - 15.0
     watch = StreamWatch(
         stream_id="rearm",
         name="rearm",
@@ -416,21 +417,21 @@ class TestBackpressure:
             (names.EVENT_FIRST_ITEM, {}),
             (
                 names.EVENT_BACKPRESSURE,
-                {"thunkscope.queue.wait": AtLeast(STALL), names.STREAM_ITEMS: 2},
+                {"thunkscope.queue.wait": STALL, names.STREAM_ITEMS: 2},
             ),
             (names.EVENT_SENTINEL, {names.STREAM_ITEMS: 3}),
         ]
         assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_COMPLETED
-        assert span.attributes[names.STREAM_PUT_WAIT] == AtLeast(GAP - 0.01)
+        assert span.attributes[names.STREAM_PUT_WAIT] == GAP
         (warning,) = logged(log_events, names.LOG_STREAM_BACKPRESSURE)
         assert warning["log_level"] == "warning"
-        assert warning["blocked_s"] == AtLeast(STALL)
+        assert warning["blocked_s"] == STALL
         assert logged(log_events, names.LOG_STREAM_STALLED) == []
         assert stalls_by_name(telemetry) == {}
         (point,) = telemetry.points(names.QUEUE_PUT_WAIT.name)
         assert dict(point.attributes) == {names.STREAM_NAME: "bp"}
         assert point.count == 1
-        assert point.sum == AtLeast(GAP - 0.01)
+        assert point.sum == GAP
 
     async def test_blocked_sentinel_put_warns_too(self, telemetry: Any) -> None:
         """A consumer that never reads the terminator still shows as backpressure, not a stall."""

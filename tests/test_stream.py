@@ -17,6 +17,8 @@ from thunkscope import DEFAULT_CHUNK_TIMEOUT, _inflight, names, send_to_queue
 
 HANG = 0.5  # stands in for a backend that never answers: 10x every timeout used here
 
+pytestmark = pytest.mark.virtual_time  # sleeps and hangs take no real time
+
 
 def drain(queue: asyncio.Queue[Any]) -> list[Any]:
     """Everything on the queue now, in order."""

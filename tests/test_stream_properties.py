@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from conftest import Telemetry, in_memory_telemetry
 from support.waiting import until
-from thunkscope import _inflight, iter_queue, names, send_to_queue
+from thunkscope import _inflight, iter_queue, names, send_to_queue, testing
 
 HANG = 0.05  # a hang: longer than the short chunk_timeout, short enough for a test
 NAME = "prop"
@@ -249,7 +249,8 @@ class TestEveryWayOut:
     def test_stream_scripts(self, script: Script) -> None:
         """Items in order, one terminator, spans ended once, nothing in flight afterwards."""
         with fresh_telemetry() as (telemetry, span_ends):
-            run = asyncio.run(run_script(script))
+            with testing.virtual_time() as virtual:  # delays and hangs in no real time
+                run = virtual.run_until_complete(run_script(script))
             spans = telemetry.spans()
             active = telemetry.points(names.STREAM_ACTIVE.name)
             stalls = telemetry.points(names.STREAM_STALLS.name)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import Telemetry, in_memory_telemetry
-from thunkscope import _inflight, _telemetry, names, send_to_queue
+from thunkscope import _inflight, _telemetry, names, send_to_queue, testing
 
 pytestmark = pytest.mark.mellea
 
@@ -197,7 +197,8 @@ def recorded(telemetry: Telemetry, logs: list[dict[str, Any]]) -> dict[str, Any]
 
 def record_of(script: Script, loop: Any) -> tuple[list[Any], dict[str, Any]]:
     with in_memory_telemetry() as telemetry, structlog.testing.capture_logs() as logs:
-        received = asyncio.run(run(script, loop))
+        with testing.virtual_time() as virtual:  # gaps, hangs and timeouts in no real time
+            received = virtual.run_until_complete(run(script, loop))
         assert _inflight.registered() == 0
         return received, recorded(telemetry, logs)
 

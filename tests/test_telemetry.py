@@ -31,6 +31,8 @@ from thunkscope._telemetry import telemetry as state
 
 HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
 
+pytestmark = pytest.mark.virtual_time  # sleeps and hangs take no real time
+
 
 class NonNegativeFloat:
     """Equal to any float >= 0: for durations inside otherwise exact attribute dicts."""

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from thunkscope._telemetry import report_failure
+from thunkscope._telemetry import report_failure, telemetry
 
 # A cancelled check stays on the heap until it comes up, or until the stale ones are
 # at least this many and half the heap: then the heap is rebuilt without them.
@@ -128,11 +128,15 @@ _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
 _lock = threading.Lock()
 
 
+def _now() -> float:
+    return telemetry.clock()  # looked up each time: a test may swap the clock
+
+
 def deadlines() -> Deadlines:
     """The checks of the running event loop (made on first use)."""
     loop = asyncio.get_running_loop()
     found = _by_loop.get(loop)
     if found is None:
         with _lock:  # loops of other threads may make theirs at the same moment
-            found = _by_loop.setdefault(loop, Deadlines())
+            found = _by_loop.setdefault(loop, Deadlines(clock=_now))
     return found

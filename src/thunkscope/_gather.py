@@ -8,7 +8,6 @@ content capture is on (`thunkscope._telemetry.captured`).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -39,7 +38,7 @@ async def observed(size: int, run: Callable[[], Awaitable[Any]]) -> None:
     instrumentation, which observes mellea's own ``wait_for_all_mots``.
     """
     span = _start_span(size)
-    start = time.monotonic()
+    start = telemetry.clock()
     error: BaseException | None = None
     # Only a recording span becomes current: an invalid one would hide the caller's span
     # from the thunks' tasks.
@@ -53,7 +52,7 @@ async def observed(size: int, run: Callable[[], Awaitable[Any]]) -> None:
         raise
     finally:
         try:
-            _finish(span, size, error, time.monotonic() - start)
+            _finish(span, size, error, telemetry.clock() - start)
         finally:
             if token is not None:
                 otel_context.detach(token)

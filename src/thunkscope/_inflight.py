@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import gc
 import inspect
-import time
 import weakref
 from collections import Counter
 from types import FrameType
@@ -73,7 +72,7 @@ def inflight() -> list[dict[str, Any]]:
     ``backend_type`` and ``stack`` (where the producing task is suspended).
     """
     watches = in_flight_watches()
-    now = time.monotonic()
+    now = telemetry.clock()
     snapshots = [snapshot(watch, now) for watch in watches]
     snapshots.sort(key=lambda snap: (snap["idle_s"], snap["age_s"]), reverse=True)
     return snapshots

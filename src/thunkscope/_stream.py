@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
@@ -120,11 +119,11 @@ async def send_to_queue(
         watch.backend_type = backend_type_of(response)
         if isinstance(response, AsyncIterator):
             mode = names.MODE_ITERATOR
-            watch.start_iterating(time.monotonic())
+            watch.start_iterating(telemetry.clock())
             await _pump(response, aqueue, watch)
         else:
             mode = names.MODE_SINGLE
-            watch.note_item(time.monotonic())
+            watch.note_item(telemetry.clock())
             watch.items = 1
             if not _put_at_once(aqueue, response):
                 await watch.put(aqueue, response)
@@ -179,7 +178,7 @@ async def _pump(
     # A queue whose put is overridden gets its own put.
     put_nowait = aqueue.put_nowait if _stock_put(aqueue) else None
     bounded = put_nowait is None and is_bounded(aqueue)
-    clock = time.monotonic
+    clock = telemetry.clock
     try:
         async for item in iterator:
             now = clock()

@@ -18,7 +18,6 @@ protocol in `StreamWatch`'s docstring). Telemetry that throws anywhere here is r
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from contextvars import Token
 from typing import Any, Final
@@ -62,7 +61,7 @@ def open_stream(
     `attributes` go on the span beside the stream's name and id, `log_fields` on every
     log of the start.
     """
-    start = time.monotonic()
+    start = telemetry.clock()
     stream_id = new_stream_id()
     span = _start_span(name, stream_id, attributes)
     watch = StreamWatch(
@@ -167,7 +166,7 @@ def close_stream(
     watch = run.watch
     watch.disarm()
     unregister(watch)
-    end = time.monotonic()
+    end = telemetry.clock()
     duration = end - watch.started
     ttfi = None if watch.first_item_at is None else watch.first_item_at - watch.started
     error_type = None if error is None else type(error).__qualname__

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -218,6 +219,10 @@ class Telemetry:
         self._tracer: Tracer | None = None
         self._instruments: Instruments | None = None
         self._lock = threading.Lock()
+        self.clock: Callable[[], float] = time.monotonic
+        """The clock of stream and gather timings and of the stall and deadline checks:
+        time.monotonic, or a test's virtual clock (`thunkscope.testing.virtual_time`). Hot
+        loops copy it into a local once per stream."""
         self.active_streams: Callable[[], dict[str, int]] = dict
         """Running streams per name label, read by the stream.active gauge (`use_registry`)."""
 

@@ -15,7 +15,6 @@ import asyncio
 import inspect
 import itertools
 import os
-import time
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from opentelemetry import trace as trace_api
@@ -159,13 +158,14 @@ class StreamWatch:
 
     def _on_timer(self) -> None:
         self._check = None
-        now = time.monotonic()
+        now = telemetry.clock()
         try:
             if self.state == BLOCKED_ON_PUT:
                 self._warn_backpressure(now)
                 return
+            # Due by the same sum `arm` scheduled with (`now - last` can fall an ulp short).
             idle = now - self.last
-            if self.timeout is not None and self.iterating and idle >= self.timeout:
+            if self.timeout is not None and self.iterating and now >= self.last + self.timeout:
                 if self.task is not None:
                     self.expired = True
                     # An item the backend sends after all takes the stream loop's slow
@@ -176,7 +176,7 @@ class StreamWatch:
             if (
                 self.stall_after is not None
                 and self.stall_started is None
-                and idle >= self.stall_after
+                and now >= self.last + self.stall_after
             ):
                 self._stall(idle)
         except Exception as exc:
@@ -236,11 +236,11 @@ class StreamWatch:
 
     async def blocked_put(self, put: Any, item: object) -> None:
         """Put on a full queue: consumer backpressure, not a stall, and not backend time."""
-        previous = self.begin_put(time.monotonic())
+        previous = self.begin_put(telemetry.clock())
         try:
             await put(item)
         finally:
-            self.end_put(time.monotonic(), previous)
+            self.end_put(telemetry.clock(), previous)
 
     def begin_put(self, now: float) -> State:
         """A put is about to block on a full queue; returns the state to go back to."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -72,7 +71,7 @@ class _Observation:
     def response(self, response: Any) -> Any:
         """The backend answered: an async iterator comes back observed, anything else as is."""
         watch = self.watch
-        now = time.monotonic()
+        now = telemetry.clock()
         watch.backend_type = backend_type_of(response)
         if isinstance(response, AsyncIterator):
             self.mode = names.MODE_ITERATOR
@@ -87,7 +86,7 @@ class _Observation:
     def failed(self, exc: BaseException) -> None:
         """The response or the iterator raised: mellea forwards it to the queue."""
         self.error = exc
-        self.before_put(time.monotonic())
+        self.before_put(telemetry.clock())
 
     def before_put(self, now: float) -> None:
         """mellea is about to put something: if the queue is full, the put will block."""
@@ -122,20 +121,20 @@ class _ObservedIterator:
         observation = self._observation
         watch = observation.watch
         if watch.put_started is not None:
-            observation.after_put(time.monotonic())
+            observation.after_put(telemetry.clock())
         try:
             item = await self._anext()
         except StopAsyncIteration:
-            observation.before_put(time.monotonic())  # the sentinel's put
+            observation.before_put(telemetry.clock())  # the sentinel's put
             raise
         except asyncio.CancelledError:
             observation.cancelled = True  # mellea's chunk_timeout, or the task cancelled
-            observation.before_put(time.monotonic())
+            observation.before_put(telemetry.clock())
             raise
         except BaseException as exc:
             observation.failed(exc)
             raise
-        now = time.monotonic()
+        now = telemetry.clock()
         if now - watch.last > watch.watermark:
             watch.note_item(now)  # first item, a new longest gap, or the end of a stall
         watch.last = now
@@ -257,7 +256,7 @@ async def observe_send_to_queue(
                 )
         finally:
             _close_unstarted(observed)
-            observation.after_put(time.monotonic())
+            observation.after_put(telemetry.clock())
             _end(run, observation, outcome, error, target, chunk_timeout)
 
 
