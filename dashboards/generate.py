@@ -365,6 +365,21 @@ def streams() -> Any:
                     unit="ops",
                 ),
             ],
+            "Stuck streams": [
+                graph(
+                    "Oldest idle stream",
+                    "Longest time any running stream of the name has gone without an item, "
+                    "the worst process shown (0: none running). Read at scrape time, so it "
+                    "grows while a blocked event loop stops the stream; it drives the "
+                    "ThunkscopeStreamsStuck alert.",
+                    prom(
+                        f"max by ({STREAM}) ({series(names.STREAM_OLDEST_IDLE)}{{{sel}}})",
+                        shown(STREAM),
+                    ),
+                    unit="s",
+                    width=24,
+                ),
+            ],
             "Latency": [
                 graph(
                     "Time to first item",

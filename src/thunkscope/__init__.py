@@ -19,14 +19,14 @@ from thunkscope._config import TelemetryHandle, add_trace_context, configure, co
 from thunkscope._consumer import QueueIterator, iter_queue
 from thunkscope._debug_server import DebugServer, serve_debug
 from thunkscope._gather import wait_for_all_mots
-from thunkscope._inflight import active_by_name, inflight
+from thunkscope._inflight import active_by_name, inflight, oldest_idle_by_name
 from thunkscope._loop import get_current_event_loop
 from thunkscope._stream import DEFAULT_CHUNK_TIMEOUT, send_to_queue
 from thunkscope._telemetry import telemetry as _state
 from thunkscope._version import __version__
 
-# The thunkscope.stream.active gauge counts the streams of the in-flight registry.
-_state.use_registry(active_by_name)
+# The stream.active and stream.oldest_idle gauges read the in-flight registry.
+_state.use_registry(active_by_name, oldest_idle_by_name)
 
 __all__ = [
     "DEFAULT_CHUNK_TIMEOUT",

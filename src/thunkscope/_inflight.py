@@ -2,10 +2,11 @@
 
 Every running stream is registered here, so `thunkscope.inflight()` can answer
 "which stream is stuck right now, since when, and on what?" from any thread, and the
-``thunkscope.stream.active`` gauge can count them (`active_by_name`, handed to the
-telemetry by `thunkscope/__init__`). The registry holds no reference of its own to the
-iterator, the queue or the items: it holds the producing task while that runs (to show
-its stack) and drops the stream the moment it ends. Queues are remembered weakly, with
+``thunkscope.stream.active`` and ``thunkscope.stream.oldest_idle`` gauges can read them
+(`active_by_name`, `oldest_idle_by_name`, handed to the telemetry by `thunkscope/__init__`).
+The registry holds no reference of its own to the iterator, the queue or the items: it
+holds the producing task while that runs (to show its stack) and drops the stream the
+moment it ends. Queues are remembered weakly, with
 their producer's span context, so that a consumer's span can link to the producer's.
 """
 
@@ -17,6 +18,7 @@ import gc
 import inspect
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -62,6 +64,17 @@ def active_by_name() -> dict[str, int]:
     for watch in in_flight_watches():
         counts[telemetry.stream_names.fold(watch.name)] += 1
     return dict(counts)
+
+
+def oldest_idle_by_name(clock: Callable[[], float] = time.monotonic) -> dict[str, float]:
+    """Per metric label, the longest time a running stream has gone without an item, for
+    the `thunkscope.stream.oldest_idle` gauge. Read at collection: nothing per item."""
+    now = clock()
+    oldest: dict[str, float] = {}
+    for watch in in_flight_watches():
+        label = telemetry.stream_names.fold(watch.name)
+        oldest[label] = max(oldest.get(label, 0.0), now - watch.last)
+    return oldest
 
 
 def inflight() -> list[dict[str, Any]]:

@@ -225,6 +225,8 @@ class Telemetry:
         loops copy it into a local once per stream."""
         self.active_streams: Callable[[], dict[str, int]] = dict
         """Running streams per name label, read by the stream.active gauge (`use_registry`)."""
+        self.oldest_idle: Callable[[], dict[str, float]] = dict
+        """Longest idle seconds per name label, read by the stream.oldest_idle gauge."""
 
     def use(
         self,
@@ -240,9 +242,15 @@ class Telemetry:
             self._tracer = None
             self._instruments = None
 
-    def use_registry(self, active_by_name: Callable[[], dict[str, int]]) -> None:
-        """Count the running streams of the stream.active gauge with `active_by_name`."""
+    def use_registry(
+        self,
+        active_by_name: Callable[[], dict[str, int]],
+        oldest_idle_by_name: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        """Read the stream.active and stream.oldest_idle gauges from these sources."""
         self.active_streams = active_by_name
+        if oldest_idle_by_name is not None:
+            self.oldest_idle = oldest_idle_by_name
 
     # -- tracing ---------------------------------------------------------------------------
 
@@ -336,6 +344,7 @@ class Instruments:
                 names.STREAM_ACTIVE,
                 self._observe_active_streams,
             ),
+            (meter.create_observable_gauge, names.STREAM_OLDEST_IDLE, self._observe_oldest_idle),
             (meter.create_observable_counter, names.CACHE_LOOKUPS, self._observe_cache_lookups),
             (meter.create_observable_counter, names.CACHE_EVICTIONS, self._observe_cache_evictions),
             (meter.create_observable_gauge, names.CACHE_ENTRY_COUNT, self._observe_cache_entries),
@@ -351,6 +360,13 @@ class Instruments:
         active = self._telemetry.active_streams()
         for name in self._telemetry.stream_names.labels():
             yield Observation(active.get(name, 0), {names.STREAM_NAME: name})
+
+    def _observe_oldest_idle(self, _: CallbackOptions) -> Iterator[Observation]:
+        # Read on the exporter's or scrape thread: it keeps growing while a blocked event
+        # loop keeps the streams themselves from running. Names seen so far report 0.
+        idle = self._telemetry.oldest_idle()
+        for name in self._telemetry.stream_names.labels():
+            yield Observation(idle.get(name, 0.0), {names.STREAM_NAME: name})
 
     def _observe_cache_lookups(self, _: CallbackOptions) -> Iterator[Observation]:
         for name, stats in list(self._telemetry.cache_stats.items()):

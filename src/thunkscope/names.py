@@ -158,6 +158,11 @@ STREAM_STALLS = Metric(
     "Gaps in which the backend gave nothing for stall_after seconds.",
     (STREAM_NAME,),
 )  # fmt: skip
+STREAM_OLDEST_IDLE = Metric(
+    "thunkscope.stream.oldest_idle", "gauge", "s",
+    "Longest time any running stream of this name has gone without an item (0: none running).",
+    (STREAM_NAME,),
+)  # fmt: skip
 QUEUE_PUT_WAIT = Metric(
     "thunkscope.queue.put_wait", "histogram", "s",
     "Time a stream spent blocked on a full queue (consumer backpressure); "
@@ -206,6 +211,7 @@ METRICS: Final[tuple[Metric, ...]] = (
     STREAM_ITEM_COUNT,
     STREAM_ACTIVE,
     STREAM_STALLS,
+    STREAM_OLDEST_IDLE,
     QUEUE_PUT_WAIT,
     GATHER_DURATION,
     GATHER_SIZE_METRIC,
