@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-from conftest import Telemetry
+import pytest
+
 from support.waiting import until, until_sync
 from thunkscope import _inflight, names, send_to_queue
 from thunkscope._telemetry import telemetry as state
+from thunkscope.testing import Recorded
 
 
 async def first_then_hang(release: asyncio.Event, item: Any) -> AsyncIterator[Any]:
@@ -20,17 +22,12 @@ async def first_then_hang(release: asyncio.Event, item: Any) -> AsyncIterator[An
     await release.wait()
 
 
-def idle_by_name(telemetry: Telemetry) -> dict[str, float]:
+def idle_by_name(telemetry: Recorded) -> dict[str, float]:
     """The gauge's value per stream name, as one collection sees it."""
     return {
         p.attributes[names.STREAM_NAME]: p.value
         for p in telemetry.points(names.STREAM_OLDEST_IDLE.name)
     }
-
-
-def stepped(*readings: float) -> Iterator[float]:
-    """A clock that answers `readings` in turn, one per collection."""
-    yield from readings
 
 
 class TestOldestIdle:
@@ -47,29 +44,30 @@ class TestOldestIdle:
         assert metric.prometheus_name == "thunkscope_stream_oldest_idle_seconds"
         assert metric in names.METRICS
 
-    async def test_exact_values_on_a_stepped_clock(self, telemetry: Telemetry) -> None:
-        """Each collection reports, per name, the stepped clock minus the stalest stream's
-        last item; a name seen whose streams all ended reports 0."""
+    @pytest.mark.virtual_time
+    async def test_exact_values_on_a_virtual_clock(self, telemetry: Recorded) -> None:
+        """Each collection reports, per name, the time since the stalest running stream's
+        last item, exactly; a name seen whose streams all ended reports 0."""
         await send_to_queue(["x"], asyncio.Queue(), name="idle-ended")
         release = asyncio.Event()
-        queues: list[asyncio.Queue[Any]] = [asyncio.Queue(), asyncio.Queue()]
+
+        async def late_then_hang() -> AsyncIterator[str]:
+            await asyncio.sleep(1.5)
+            yield "late"
+            await release.wait()
+
         tasks = [
-            asyncio.create_task(send_to_queue(first_then_hang(release, i), q, name="idle-hung"))
-            for i, q in enumerate(queues)
+            asyncio.create_task(send_to_queue(backend, asyncio.Queue(), name="idle-hung"))
+            for backend in (first_then_hang(release, "early"), late_then_hang())
         ]
         try:
-            await until(lambda: all(q.qsize() == 1 for q in queues), what="first items")
-            lasts = [w.last for w in _inflight.in_flight_watches() if w.name == "idle-hung"]
-            assert len(lasts) == 2
-            stalest, base = min(lasts), max(lasts)
-            readings = stepped(base + 4.0, base + 6.5)
-            state.oldest_idle = lambda: _inflight.oldest_idle_by_name(lambda: next(readings))
-            first, second = idle_by_name(telemetry), idle_by_name(telemetry)
-            assert first["idle-hung"] == (base + 4.0) - stalest
-            assert second["idle-hung"] == (base + 6.5) - stalest
+            await asyncio.sleep(2.0)  # items at 0 and 1.5 s: idle 2.0 and 0.5 s
+            first = idle_by_name(telemetry)
+            await asyncio.sleep(2.5)
+            second = idle_by_name(telemetry)
+            assert (first["idle-hung"], second["idle-hung"]) == (2.0, 4.5)
             assert first["idle-ended"] == second["idle-ended"] == 0.0
         finally:
-            state.oldest_idle = _inflight.oldest_idle_by_name
             release.set()
             await asyncio.gather(*tasks)
         assert idle_by_name(telemetry)["idle-hung"] == 0.0
@@ -78,7 +76,7 @@ class TestOldestIdle:
         """The package hands the registry's oldest_idle_by_name to the gauge."""
         assert state.oldest_idle is _inflight.oldest_idle_by_name
 
-    async def test_grows_while_the_loop_is_blocked(self, telemetry: Telemetry) -> None:
+    async def test_grows_while_the_loop_is_blocked(self, telemetry: Recorded) -> None:
         """With the event loop blocked by time.sleep in a coroutine, two collections on
         another thread see the stalled stream's idle time grow."""
         release = asyncio.Event()

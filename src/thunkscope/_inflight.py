@@ -6,8 +6,8 @@ Every running stream is registered here, so `thunkscope.inflight()` can answer
 (`active_by_name`, `oldest_idle_by_name`, handed to the telemetry by `thunkscope/__init__`).
 The registry holds no reference of its own to the iterator, the queue or the items: it
 holds the producing task while that runs (to show its stack) and drops the stream the
-moment it ends. Queues are remembered weakly, with
-their producer's span context, so that a consumer's span can link to the producer's.
+moment it ends. Queues are remembered weakly, with their producer's span context, so that
+a consumer's span can link to the producer's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import gc
 import inspect
 import weakref
 from collections import Counter
-from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -66,10 +65,10 @@ def active_by_name() -> dict[str, int]:
     return dict(counts)
 
 
-def oldest_idle_by_name(clock: Callable[[], float] = time.monotonic) -> dict[str, float]:
+def oldest_idle_by_name() -> dict[str, float]:
     """Per metric label, the longest time a running stream has gone without an item, for
     the `thunkscope.stream.oldest_idle` gauge. Read at collection: nothing per item."""
-    now = clock()
+    now = telemetry.clock()
     oldest: dict[str, float] = {}
     for watch in in_flight_watches():
         label = telemetry.stream_names.fold(watch.name)
