@@ -128,6 +128,7 @@ def _stream_attributes(span: ReadableSpan, **expected: Any) -> dict[str, Any]:
         ids.MODEL: "fake-model",
         names.STREAM_MAX_ITEM_GAP: attributes.get(names.STREAM_MAX_ITEM_GAP),
         names.STREAM_PUT_WAIT: 0.0,
+        names.STREAM_STALL_COUNT: 0,
         **expected,
     }
     if _is_08():
@@ -451,6 +452,7 @@ class TestStreams:
         assert resumed["thunkscope.stream.gap"] >= 0.3
         assert dict(span.attributes or {})[names.STREAM_OUTCOME] == "completed"
         assert dict(span.attributes or {})[names.STREAM_MAX_ITEM_GAP] >= 0.3
+        assert dict(span.attributes or {})[names.STREAM_STALL_COUNT] == 1
         assert (
             _sum(telemetry, names.STREAM_STALLS.name, **{names.STREAM_NAME: "mellea.openai"}) == 1
         )

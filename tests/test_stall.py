@@ -116,6 +116,7 @@ class TestStallWarning:
         ]
         assert stalls_by_name(telemetry) == {"stall-one": 1}
         assert span.attributes[names.STREAM_OUTCOME] == names.OUTCOME_COMPLETED
+        assert span.attributes[names.STREAM_STALL_COUNT] == 1
 
     async def test_each_gap_warns_once(self, telemetry: Any) -> None:
         """Two separate gaps are two stalls and two resumes; a long gap is still one."""
@@ -145,6 +146,7 @@ class TestStallWarning:
             3,
         ]
         assert stalls_by_name(telemetry) == {"stall-two": 2}
+        assert span.attributes[names.STREAM_STALL_COUNT] == 2
 
     async def test_never_aborts_without_chunk_timeout(self, telemetry: Any) -> None:
         """With chunk_timeout=None a gap many times stall_after ends in completion, not error."""

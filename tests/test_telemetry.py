@@ -85,6 +85,7 @@ class TestSendToQueueSpan:
             names.STREAM_TIME_TO_FIRST_ITEM: SECONDS,
             names.STREAM_MAX_ITEM_GAP: SECONDS,
             names.STREAM_PUT_WAIT: 0.0,
+            names.STREAM_STALL_COUNT: 0,
         }
         assert isinstance(attributes[names.STREAM_ID], str)
         assert attributes[names.STREAM_ID]
@@ -113,6 +114,7 @@ class TestSendToQueueSpan:
             names.STREAM_TIME_TO_FIRST_ITEM: SECONDS,
             names.STREAM_MAX_ITEM_GAP: 0.0,
             names.STREAM_PUT_WAIT: 0.0,
+            names.STREAM_STALL_COUNT: 0,
         }
 
     async def test_forwarded_error(self, telemetry: Telemetry) -> None:

@@ -195,6 +195,7 @@ def _end_span(
                 names.STREAM_OUTCOME: outcome,
                 names.STREAM_MAX_ITEM_GAP: watch.max_gap,
                 names.STREAM_PUT_WAIT: watch.put_wait,
+                names.STREAM_STALL_COUNT: watch.stalls,
             }
             if mode is not None:
                 attributes[names.STREAM_MODE] = mode

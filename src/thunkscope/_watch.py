@@ -76,6 +76,7 @@ class StreamWatch:
         "span",
         "stall_after",
         "stall_started",
+        "stalls",
         "started",
         "state",
         "stream_id",
@@ -113,6 +114,7 @@ class StreamWatch:
         # path in the stream loop: the first item, a new longest gap, the end of a stall.
         self.watermark = -1.0
         self.stall_started: float | None = None
+        self.stalls = 0
         self.put_started: float | None = None
         self.put_wait = 0.0
         self.backpressure_warned = False
@@ -264,6 +266,7 @@ class StreamWatch:
 
     def _stall(self, idle: float) -> None:
         self.stall_started = self.last
+        self.stalls += 1
         self.watermark = -1.0  # the next item takes the slow path and reports the resume
         self.state = STALLED  # the timer checks a blocked put before it comes to this
         self._tell(

@@ -38,6 +38,8 @@ STREAM_OUTCOME: Final = "thunkscope.stream.outcome"
 STREAM_TIME_TO_FIRST_ITEM: Final = "thunkscope.stream.time_to_first_item"
 STREAM_MAX_ITEM_GAP: Final = "thunkscope.stream.max_item_gap"
 STREAM_PUT_WAIT: Final = "thunkscope.stream.put_wait"
+# SPEC §6: how many times the stream stalled, 0 included; tail-sampling policies key on it.
+STREAM_STALL_COUNT: Final = "thunkscope.stream.stalls"  # span attribute; metric: STREAM_STALLS
 
 GATHER_SIZE: Final = "thunkscope.gather.size"
 GATHER_OUTCOME: Final = "thunkscope.gather.outcome"
