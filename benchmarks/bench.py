@@ -299,6 +299,7 @@ async def contract_calls_loop(
             names.STREAM_OUTCOME: names.OUTCOME_COMPLETED,
             names.STREAM_MAX_ITEM_GAP: 0.0,
             names.STREAM_PUT_WAIT: 0.0,
+            names.STREAM_STALL_COUNT: 0,
             names.STREAM_MODE: names.MODE_ITERATOR,
             names.STREAM_TIME_TO_FIRST_ITEM: first - start,
         }

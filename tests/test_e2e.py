@@ -245,13 +245,14 @@ class TestExactExport:
             names.STREAM_TIME_TO_FIRST_ITEM,
             names.STREAM_MAX_ITEM_GAP,
             names.STREAM_PUT_WAIT,
+            names.STREAM_STALL_COUNT,
         }
-        assert {
-            k: attributes[k] for k in (names.STREAM_NAME, names.STREAM_MODE, names.STREAM_ITEMS)
-        } == {
+        exact = (names.STREAM_NAME, names.STREAM_MODE, names.STREAM_ITEMS, names.STREAM_STALL_COUNT)
+        assert {k: attributes[k] for k in exact} == {
             names.STREAM_NAME: "exact",
             names.STREAM_MODE: "iterator",
             names.STREAM_ITEMS: 2,
+            names.STREAM_STALL_COUNT: 0,
         }
         assert attributes[names.STREAM_OUTCOME] == "completed"
         assert span["kind"] == "PRODUCER"
