@@ -75,7 +75,7 @@ for run in $(seq 1 "$runs"); do
   # pytest's final lines ("== 3 failed, 420 passed, 2 skipped in 80.1s ==") and -ra's FAILED/ERROR lines.
   counts="$(grep -E '^(=+ )?[0-9]+ (passed|failed|errors?|skipped|deselected)\b.* in [0-9.]+s' "$log" \
     | sed -E 's/^=+ //; s/ in [0-9.]+s.*$//' | paste -sd ';' - || true)"
-  failing="$(grep -E '^(FAILED|ERROR) ' "$log" | awk '{print $2}' | sort -u | paste -sd ' ' - || true)"
+  failing="$(grep -E '^(FAILED|ERROR) [^ ]+\.py' "$log" | awk '{print $2}' | sort -u | paste -sd ' ' - || true)"
   [ "$status" -eq 0 ] && green=$((green + 1))
   echo "run ${run}/${runs}: exit ${status} in ${elapsed} s | pytest sessions: ${counts:-none} | failing: ${failing:-none}"
   rm -rf "$clone"

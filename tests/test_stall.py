@@ -275,9 +275,11 @@ class TestStallWarning:
     async def test_steady_stream_never_stalls(self, telemetry: Any) -> None:
         """Items closer together than stall_after never warn, however long the stream."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        items = [str(i) for i in range(20)]
-        gaps = dict.fromkeys(range(20), 0.01)
-        await send_to_queue(gappy(items, gaps), queue, stall_after=STALL)
+        # 30 gaps of 0.05 s outlast stall_after=1 s together, never alone; the margin of each
+        # gap (0.95 s) is what a busy machine may delay an item before this would fail.
+        items = [str(i) for i in range(30)]
+        gaps = dict.fromkeys(range(30), 0.05)
+        await send_to_queue(gappy(items, gaps), queue, stall_after=1.0)
         (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         assert names.EVENT_STALLED not in [name for name, _ in events_of(span)]
 

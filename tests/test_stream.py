@@ -338,7 +338,9 @@ class TestChunkTimeout:
     async def test_items_arriving_in_time_never_time_out(self) -> None:
         """A stream slower in total than chunk_timeout but with short gaps completes."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        await send_to_queue(agen(*range(10), delay=0.02), queue, chunk_timeout=0.1)
+        # 10 gaps of 0.2 s outlast chunk_timeout=1.5 s together, never alone; each gap's margin
+        # (1.3 s) is what a busy machine may delay an item before this would fail.
+        await send_to_queue(agen(*range(10), delay=0.2), queue, chunk_timeout=1.5)
         assert drain(queue) == [*range(10), None]
 
     async def test_timeout_does_not_apply_to_awaiting_the_coroutine(self) -> None:

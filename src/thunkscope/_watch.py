@@ -167,7 +167,18 @@ class StreamWatch:
                 return
             # Due by the same sum `arm` scheduled with (`now - last` can fall an ulp short).
             idle = now - self.last
-            if self.timeout is not None and self.iterating and now >= self.last + self.timeout:
+            timeout = self.timeout
+            timed_out = timeout is not None and self.iterating and now >= self.last + timeout
+            if (
+                self.stall_after is not None
+                and self.stall_started is None
+                and now >= self.last + self.stall_after
+                and (timeout is None or not timed_out or self.stall_after < timeout)
+            ):
+                # Also when the check runs late (a busy loop) and the deadline has passed
+                # too: a gap longer than stall_after is reported whatever the timer's delay.
+                self._stall(idle)
+            if timed_out:
                 if self.task is not None:
                     self.expired = True
                     # An item the backend sends after all takes the stream loop's slow
@@ -175,12 +186,6 @@ class StreamWatch:
                     self.watermark = -1.0
                     self.task.cancel()
                 return
-            if (
-                self.stall_after is not None
-                and self.stall_started is None
-                and now >= self.last + self.stall_after
-            ):
-                self._stall(idle)
         except Exception as exc:
             report_failure("stream watch", exc)
         self.arm()
