@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from support.promql_names import emitted_series, label_of, unknown_references
 from support.stack_dashboards import (
     DASHBOARDS_DIR,
     Query,
@@ -77,23 +78,6 @@ DEMO_LEAVES_EMPTY: dict[str, str] = {}
 def load_yaml(path: Path) -> Any:
     """A YAML file's content."""
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def emitted_series() -> dict[str, names.Metric]:
-    """Every Prometheus series name the package emits, with the contract's metric behind it."""
-    found: dict[str, names.Metric] = {}
-    for metric in names.METRICS:
-        if metric.kind == "histogram":
-            for suffix in ("_bucket", "_sum", "_count"):
-                found[metric.prometheus_name + suffix] = metric
-        else:
-            found[metric.prometheus_name] = metric
-    return found
-
-
-def label_of(attribute: str) -> str:
-    """The Prometheus label an OTel attribute becomes."""
-    return attribute.replace(".", "_")
 
 
 def prometheus_queries() -> list[Query]:
@@ -373,13 +357,16 @@ class TestDashboards:
             assert len(set(ids)) == len(ids), name
 
     def test_every_queried_metric_is_one_the_package_emits(self) -> None:
-        """Each metric name in a panel or variable query is a series of the contract's metrics."""
+        """Each metric name in a panel or variable query is a series of the contract's metrics,
+        and each label it matches or groups on is one those series carry."""
         emitted = emitted_series()
         for query in prometheus_queries():
             queried = metric_names(query.expr)
             assert queried, f"{query.where}: no metric in {query.expr}"
             unknown = queried - set(emitted)
             assert not unknown, f"{query.where}: {sorted(unknown)} not emitted"
+            _, labels = unknown_references(query.expr)
+            assert not labels, f"{query.where}: labels {sorted(labels)} not emitted"
         for name, dashboard in load_dashboards().items():
             for variable in variables(dashboard):
                 selector, _ = parse_label_values(variable["query"])
