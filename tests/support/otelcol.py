@@ -31,7 +31,7 @@ JAEGER_SCRIPT = REPO_ROOT / "scripts" / "build-jaeger.sh"
 CONFIG_DIRS = (REPO_ROOT / "deploy", REPO_ROOT / "collector")
 
 
-class ProgramFailed(AssertionError):
+class ProgramFailed(RuntimeError):
     """A real program exited, or never became ready: its own output is in the message."""
 
 
@@ -83,10 +83,18 @@ def _wait_ready(
     """Polls `url` until it answers, failing at once with the log if `process` exits."""
 
     def ready() -> None:
+        output = log.read_text(errors="replace")
         if process.poll() is not None:
             raise ProgramFailed(
-                f"{what} exited with {process.returncode} before it was ready:\n"
-                + log.read_text(errors="replace")[-6000:]
+                f"{what} failed before it was ready (exited with {process.returncode}):\n"
+                + output[-6000:]
+            )
+        # The collector prints its fatal error as a line "Error: ..." then may linger after
+        # its shutdown for a while: that line is the end, not something to wait out.
+        fatal = [line for line in output.splitlines() if line.startswith("Error: ")]
+        if fatal:
+            raise ProgramFailed(
+                f"{what} failed before it was ready ({fatal[-1]}):\n" + output[-6000:]
             )
         try:
             http_get(url)
