@@ -18,6 +18,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.metrics import _internal as metrics_internal
 
 import thunkscope
+from support.fakes import Thunk
 from thunkscope import (
     ClientCache,
     TelemetryHandle,
@@ -47,11 +48,6 @@ class Case:
 
 def rows(table: dict[str, Case]) -> Any:
     return pytest.mark.parametrize("case", list(table.values()), ids=list(table))
-
-
-class Thunk:
-    async def avalue(self) -> int:
-        return 1
 
 
 # --- send_to_queue ----------------------------------------------------------------------
@@ -111,7 +107,7 @@ class TestSendToQueue:
 GATHER_CASES: dict[str, tuple[Any, str]] = {
     "None": (None, "mots"),
     "an int": (5, "mots"),
-    "a thunk without avalue": ([Thunk(), object()], "mots[1]"),
+    "a thunk without avalue": ([Thunk(1), object()], "mots[1]"),
     "a string": ("abc", "mots[0]"),
 }
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import Telemetry, events_of
+from support.fakes import drain
 from thunkscope import names
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
@@ -44,11 +45,6 @@ TARGETS = {
     ("ClientCache.get hit (SDK)", "one bare SDK span"): 1.5,
     ("wait_for_all_mots of 100", "bare asyncio.gather"): 1.2,
 }
-
-
-def drain(queue: asyncio.Queue[Any]) -> list[Any]:
-    """Everything on the queue now, in order."""
-    return [queue.get_nowait() for _ in range(queue.qsize())]
 
 
 def _load_bench() -> ModuleType:

@@ -12,9 +12,8 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 import thunkscope
+from support.fakes import HANG
 from thunkscope import iter_queue, names, send_to_queue
-
-HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
 
 pytestmark = pytest.mark.virtual_time  # sleeps and hangs take no real time
 

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from support.fake_openai import Behaviour, FakeOpenAI, parse_behaviour
-
-HANG = 0.5  # a server stall standing in for a hang: 10x the STREAM_TIMEOUT it meets
+from support.fakes import HANG
 
 
 @pytest.fixture

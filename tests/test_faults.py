@@ -27,6 +27,7 @@ from opentelemetry.sdk.metrics._internal.aggregation import Aggregation
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
+from support.fakes import Thunk
 from support.faulty import MODES, FaultyCollector, Mode, run_python
 from thunkscope import (
     ClientCache,
@@ -183,15 +184,6 @@ class BrokenAggregation(Aggregation):
 
     def _create_aggregation(self, *args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("metric reader broke")
-
-
-class Thunk:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    async def avalue(self) -> Any:
-        await asyncio.sleep(0)
-        return self.value
 
 
 async def agen(*items: Any) -> AsyncIterator[Any]:

@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 import thunkscope
+from support.fakes import HANG
 from support.waiting import until
 from thunkscope import _inflight, _watch, inflight, names, send_to_queue
-
-HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
 
 # Virtual time (sleeps and hangs take no real time) for all but the test across threads,
 # whose other loop runs on real time.

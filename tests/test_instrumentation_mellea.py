@@ -29,6 +29,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import BrokenMeterProvider, events_of, in_memory_providers
 from support.fake_openai import FakeOpenAI
+from support.fakes import HANG
 from thunkscope import _telemetry, names
 from thunkscope.instrumentation import MelleaInstrumentor
 from thunkscope.instrumentation import _ids as ids
@@ -39,7 +40,6 @@ needs_mellea = pytest.mark.mellea  # CI runs these in the mellea environments
 
 HELPER_NAMES = ("send_to_queue", "wait_for_all_mots", "get_current_event_loop")
 CACHE_METHODS = ("get", "put", "get_or_create", "_put_locked")
-HANG = 0.5  # a server stall standing in for a hang: 10x STREAM_TIMEOUT
 STREAM_TIMEOUT = 0.05  # mellea's ModelOption.STREAM_TIMEOUT where a stall must time out
 MELLEA_TIMEOUT_MESSAGE = (
     f"Stream timed out after {STREAM_TIMEOUT}s without a chunk (covers time-to-first-token and "

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import Telemetry
 from support.collectors import RotelCollector
+from support.fakes import Thunk
 from support.faulty import run_python
 from thunkscope import _telemetry, names, send_to_queue, wait_for_all_mots
 
@@ -193,22 +194,9 @@ class TestCaptureIsOptIn:
         assert failed["attributes"][_telemetry.LOG_ERROR_MESSAGE] == f"{SECRET}-thunk-exception"
 
 
-async def agen(*items: Any) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
-
-
 async def fail_after(item: Any, error: Exception) -> AsyncIterator[Any]:
     yield item
     raise error
-
-
-class Thunk:
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    async def avalue(self) -> Any:
-        raise self.error
 
 
 class TestCaptureSettings:

@@ -12,27 +12,11 @@ from opentelemetry.trace import StatusCode
 
 import thunkscope
 from conftest import Telemetry
+from support.fakes import HANG, agen, drain
 from support.waiting import until
 from thunkscope import DEFAULT_CHUNK_TIMEOUT, _inflight, names, send_to_queue
 
-HANG = 0.5  # stands in for a backend that never answers: 10x every timeout used here
-
 pytestmark = pytest.mark.virtual_time  # sleeps and hangs take no real time
-
-
-def drain(queue: asyncio.Queue[Any]) -> list[Any]:
-    """Everything on the queue now, in order."""
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
-
-
-async def agen(*items: Any, delay: float = 0.0) -> AsyncIterator[Any]:
-    for item in items:
-        if delay:
-            await asyncio.sleep(delay)
-        yield item
 
 
 class Boom(Exception):

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 
-from support import collectors
+from support import rotel as rotel_module
 from support.collectors import (
     OtelTapCollector,
     RotelCollector,
@@ -343,9 +343,9 @@ class TestRotel:
             squatter.bind(("127.0.0.1", 0))
             squatter.listen()
             taken = squatter.getsockname()[1]
-            ports = iter([taken, collectors.free_port()])
-            real_free_port = collectors.free_port
-            monkeypatch.setattr(collectors, "free_port", lambda: next(ports, real_free_port()))
+            ports = iter([taken, rotel_module.free_port()])
+            real_free_port = rotel_module.free_port
+            monkeypatch.setattr(rotel_module, "free_port", lambda: next(ports, real_free_port()))
             with RotelCollector(tmp_path) as collector:
                 assert taken not in (collector.grpc_port, collector.http_port)
                 assert collector.is_running()

@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import BrokenMeterProvider, Telemetry, events_of, in_memory_providers
+from support.fakes import HANG, Thunk, agen
 from support.waiting import until
 from thunkscope import (
     ClientCache,
@@ -28,8 +29,6 @@ from thunkscope import (
     wait_for_all_mots,
 )
 from thunkscope._telemetry import telemetry as state
-
-HANG = 0.5  # a stall standing in for a hang: at least 10x every chunk_timeout used here
 
 pytestmark = pytest.mark.virtual_time  # sleeps and hangs take no real time
 
@@ -45,24 +44,6 @@ class NonNegativeFloat:
 
 
 SECONDS = NonNegativeFloat()
-
-
-async def agen(*items: Any, delay: float = 0.0) -> AsyncIterator[Any]:
-    for item in items:
-        if delay:
-            await asyncio.sleep(delay)
-        yield item
-
-
-class Thunk:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    async def avalue(self) -> Any:
-        await asyncio.sleep(0)
-        if isinstance(self.value, Exception):
-            raise self.value
-        return self.value
 
 
 class TestSendToQueueSpan:
@@ -194,41 +175,6 @@ class TestSendToQueueSpan:
 
 
 class TestOtherSpans:
-    async def test_gather(self, telemetry: Telemetry) -> None:
-        """wait_for_all_mots records its size and outcome on an INTERNAL span."""
-        await wait_for_all_mots([Thunk(1), Thunk(2), Thunk(3)])
-        (span,) = telemetry.spans()
-        assert (span.name, span.kind) == (names.SPAN_WAIT_FOR_ALL_MOTS, SpanKind.INTERNAL)
-        assert dict(span.attributes or {}) == {
-            names.GATHER_SIZE: 3,
-            names.GATHER_OUTCOME: names.OUTCOME_COMPLETED,
-        }
-
-    async def test_gather_failure(self, telemetry: Telemetry) -> None:
-        """A failing thunk propagates and marks the span as an error with error.type."""
-        with pytest.raises(KeyError):
-            await wait_for_all_mots([Thunk(1), Thunk(KeyError("k"))])
-        (span,) = telemetry.spans()
-        assert dict(span.attributes or {}) == {
-            names.GATHER_SIZE: 2,
-            names.GATHER_OUTCOME: names.OUTCOME_ERROR,
-            names.ERROR_TYPE: "KeyError",
-        }
-        assert span.status.status_code == StatusCode.ERROR
-
-    async def test_event_loop_lookup(self, telemetry: Telemetry) -> None:
-        """get_current_event_loop records whether it found a loop."""
-        assert get_current_event_loop() is asyncio.get_running_loop()
-        (span,) = telemetry.spans()
-        assert (span.name, span.kind) == (names.SPAN_GET_CURRENT_EVENT_LOOP, SpanKind.INTERNAL)
-        assert dict(span.attributes or {}) == {names.EVENT_LOOP_FOUND: True}
-
-    def test_event_loop_lookup_outside_loop(self, telemetry: Telemetry) -> None:
-        """Outside any loop the lookup returns None, never raises, and says found=False."""
-        assert get_current_event_loop() is None
-        (span,) = telemetry.spans()
-        assert dict(span.attributes or {}) == {names.EVENT_LOOP_FOUND: False}
-
     def test_cache_spans(self, telemetry: Telemetry) -> None:
         """Cache get and put spans carry name, result or evicted, size; evictions are events."""
         cache: ClientCache[str, str] = ClientCache(1, name="spans-cache")
@@ -558,26 +504,6 @@ class TestLogEvents:
             (names.LOG_GATHER_FAILED, "warning"),
         ]
         assert log_events[2]["error_type"] == "KeyError"
-
-    async def test_cancelled_gather_warns(self, log_events: list[dict[str, Any]]) -> None:
-        """A cancelled gather logs gather.failed at warning, outcome cancelled, no error_type."""
-
-        class Hanging:
-            async def avalue(self) -> None:
-                await asyncio.sleep(HANG)
-
-        task = asyncio.create_task(wait_for_all_mots([Hanging(), Hanging()]))
-        await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        (event,) = log_events
-        assert (event["event"], event["log_level"], event["outcome"]) == (
-            names.LOG_GATHER_FAILED,
-            "warning",
-            names.OUTCOME_CANCELLED,
-        )
-        assert "error_type" not in event
 
     async def test_unconfigured_structlog_goes_to_stdlib_logger(
         self, stdlib_records: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]

@@ -1,4 +1,5 @@
-"""Stall warnings and backpressure of send_to_queue: warned once per gap, never an abort."""
+"""The stream watch (_watch.py): stall warnings and backpressure of send_to_queue, warned once per
+gap, never an abort; the check re-armed from the right stamp."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from opentelemetry.trace import INVALID_SPAN
 
 from conftest import events_of
+from support.fakes import HANG, drain, gappy
 from thunkscope import _telemetry, _watch, inflight, names, send_to_queue
 from thunkscope._deadlines import Check
 from thunkscope._watch import StreamWatch
@@ -18,25 +20,8 @@ from thunkscope._watch import StreamWatch
 # Binary fractions, so the clock's sums are exact too.
 STALL = 0.0625
 GAP = 0.25
-HANG = 1.0  # a stall standing in for a hang: 10x the chunk_timeout it meets
 
 pytestmark = [pytest.mark.usefixtures("telemetry"), pytest.mark.virtual_time]
-
-
-async def gappy(items: list[str], gaps: dict[int, float]) -> AsyncIterator[str]:
-    """Yield `items`, sleeping gaps[i] seconds before item i."""
-    for index, item in enumerate(items):
-        if index in gaps:
-            await asyncio.sleep(gaps[index])
-        yield item
-
-
-def drain(queue: asyncio.Queue[Any]) -> list[Any]:
-    """Everything on the queue now, in order."""
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
 
 
 async def until_sentinel(queue: asyncio.Queue[Any]) -> list[Any]:
