@@ -213,3 +213,44 @@ def differences(left: Any, right: Any) -> set[tuple[str, str]]:
         if old != new:
             found.add((old, new))
     return found
+
+
+class TestStackAlerting:
+    def test_compose_prometheus_loads_the_shipped_rules(self) -> None:
+        """The compose Prometheus mounts thunkscope-rules.yml where deploy/prometheus.yml's
+        rule_files looks, and sends alerts to the compose Alertmanager."""
+        from test_stack import PROMETHEUS_CONFIG, bind_mounts, compose_model
+
+        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+        service = compose_model()["services"]["prometheus"]
+        flags = dict(arg.split("=", 1) for arg in service["command"] if "=" in arg)
+        config_dir = Path(flags["--config.file"]).parent
+        mounts = bind_mounts(service)
+        assert [mounts[str(config_dir / path)].resolve() for path in config["rule_files"]] == [
+            RULES
+        ]
+        targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+        assert targets == ["alertmanager:9093"]
+        assert "alertmanager" in service["depends_on"]
+
+    def test_compose_alertmanager_runs_the_shipped_config(self) -> None:
+        """The compose Alertmanager runs deploy/alertmanager/alertmanager.yml on 9093."""
+        from test_stack import bind_mounts, compose_model, published_ports
+
+        service = compose_model()["services"]["alertmanager"]
+        flags = dict(arg.split("=", 1) for arg in service["command"] if "=" in arg)
+        config = REPO_ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+        assert bind_mounts(service)[flags["--config.file"]].resolve() == config
+        assert published_ports(service) == {9093}
+
+    def test_grafana_has_the_alertmanager_datasource(self) -> None:
+        """Grafana's provisioned Alertmanager datasource points at the compose Alertmanager,
+        so its alert list shows the firing thunkscope alerts."""
+        from test_stack import compose_model, provisioned_datasources
+
+        (alertmanager,) = [
+            ds for ds in provisioned_datasources().values() if ds["type"] == "alertmanager"
+        ]
+        assert alertmanager["url"] == "http://alertmanager:9093"
+        assert alertmanager["jsonData"]["implementation"] == "prometheus"
+        assert "alertmanager" in compose_model()["services"]["grafana"]["depends_on"]

@@ -139,7 +139,7 @@ class TestComposeFile:
 
     def test_every_image_is_pinned_to_the_expected_major_version(self) -> None:
         """Each service's image has an explicit version tag: collector contrib, Jaeger 2, Prometheus
-        3, Loki 3, Grafana."""
+        3, Loki 3, Grafana, Alertmanager 0.x."""
         services = compose_model()["services"]
         expected = {
             "otel-collector": ("otel/opentelemetry-collector-contrib", r"0\.\d+\.\d+"),
@@ -147,6 +147,7 @@ class TestComposeFile:
             "prometheus": ("prom/prometheus", r"v3\.\d+\.\d+"),
             "loki": ("grafana/loki", r"3\.\d+\.\d+"),
             "grafana": ("grafana/grafana", r"\d+\.\d+\.\d+"),
+            "alertmanager": ("prom/alertmanager", r"v0\.\d+\.\d+"),
         }
         assert set(services) == set(expected)
         for name, (repository, tag) in expected.items():
