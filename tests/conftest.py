@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,6 +133,14 @@ def _isolated_settings() -> Iterator[None]:
     finally:
         _telemetry.telemetry.settings = saved
         structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Discovery files of each test's debug endpoints go to a directory of its own."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    monkeypatch.setenv("THUNKSCOPE_RUNTIME_DIR", str(runtime))
+    return runtime
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

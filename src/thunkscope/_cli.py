@@ -42,6 +42,19 @@ def tcp_port(value: str) -> int:
     return port
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a process id, 1 or more."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a process id (a positive integer), got {value!r}"
+        )
+    return number
+
+
 # configure()'s ValueErrors begin with its argument's name: the demo option that set it.
 _CONFIGURE_OPTIONS: Final = {
     "endpoint": "--otlp-endpoint",
@@ -80,12 +93,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     inflight = commands.add_parser(
         "inflight",
-        help="show the streams in flight in a process that called thunkscope.serve_debug()",
-        description="A table of the running send_to_queue streams of a process, most idle "
-        "first, read from its thunkscope.serve_debug() endpoint.",
+        help="show the streams in flight in local processes serving a debug endpoint",
+        description="A table of the running send_to_queue streams, most idle first, read "
+        "from thunkscope.serve_debug() endpoints: the one at --url, else every live local "
+        "process that serves one (found through their discovery files), merged.",
     )
     inflight.add_argument(
-        "--url", required=True, help="the serve_debug base URL, e.g. http://127.0.0.1:8765/"
+        "--url",
+        help="one serve_debug base URL, e.g. http://127.0.0.1:8765/ (default: every local process)",
+    )
+    inflight.add_argument(
+        "--pid",
+        type=positive_int,
+        action="append",
+        default=[],
+        help="only this process (repeatable; not with --url)",
+    )
+    inflight.add_argument(
+        "--service",
+        action="append",
+        default=[],
+        help="only processes of this service.name (repeatable; not with --url)",
+    )
+    inflight.add_argument(
+        "--json", action="store_true", help="print the snapshots as a JSON list (not with --url)"
     )
     inflight.add_argument(
         "--watch", action="store_true", help="redraw the table until Ctrl-C, like top"
@@ -96,7 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between redraws with --watch (default 1)",
     )
-    inflight.set_defaults(run=run_inflight)
+    inflight.set_defaults(run=run_inflight, parser=inflight)
+
+    ps = commands.add_parser(
+        "ps",
+        help="list the local processes serving a thunkscope debug endpoint",
+        description="One row per live local process with a thunkscope.serve_debug() "
+        "endpoint: pid, service, instance id, streams in flight, oldest idle, URL. One that "
+        "does not answer says so on its row.",
+    )
+    ps.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    ps.set_defaults(run=run_ps)
 
     return parser
 
@@ -174,12 +215,33 @@ def _configure_error(args: argparse.Namespace, exc: ValueError) -> str:
 
 def run_inflight(args: argparse.Namespace) -> int:
     """Print the in-flight table once, or keep redrawing it with --watch."""
-    from thunkscope import _inflight_view
+    from thunkscope import _discovery, _fleet_view, _inflight_view
 
     try:
+        if args.url is None:
+            return _fleet_view.run_inflight(
+                pids=args.pid,
+                services=args.service,
+                watch=args.watch,
+                as_json=args.json,
+                interval=args.interval,
+            )
+        if args.pid or args.service or args.json:
+            _usage_error(args, "argument --url: not allowed with --pid, --service or --json")
         return _inflight_view.run(args.url, watch=args.watch, interval=args.interval)
-    except ValueError as exc:
+    except (ValueError, _discovery.DiscoveryError) as exc:
         print(f"thunkscope inflight: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_ps(args: argparse.Namespace) -> int:
+    """List the live local processes serving a debug endpoint."""
+    from thunkscope import _discovery, _fleet_view
+
+    try:
+        return _fleet_view.run_ps(as_json=args.json)
+    except _discovery.DiscoveryError as exc:
+        print(f"thunkscope ps: {exc}", file=sys.stderr)
         return 2
 
 

@@ -24,10 +24,13 @@ import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from thunkscope import _discovery
 from thunkscope._inflight import inflight
+from thunkscope._instance import instance_id, service_name
 from thunkscope._settings import count, text
 
 __all__ = ["DebugServer", "serve_debug"]
@@ -39,9 +42,17 @@ _LOOPBACK_NAME: Final = "localhost"
 
 
 def serve_debug(
-    host: str = "127.0.0.1", port: int = 0, *, allow_non_loopback: bool = False
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    allow_non_loopback: bool = False,
+    discover: bool = True,
 ) -> DebugServer:
     """Serve the in-flight view over HTTP from a daemon thread; return its handle.
+
+    With `discover` (the default) the process's discovery file is written so that
+    ``thunkscope ps`` and ``thunkscope inflight`` find it; a discovery directory that is
+    not a directory or not the user's own is a `DiscoveryError` (nothing is served).
 
     `port` 0 picks a free port (read it from the handle's ``url``). A `host` that is not
     a loopback address is a ValueError unless `allow_non_loopback` is true: the view
@@ -55,7 +66,9 @@ def serve_debug(
             "traces and trace ids, so serve_debug binds to 127.0.0.1, ::1 or localhost "
             "only. Pass allow_non_loopback=True to serve it on other interfaces."
         )
-    return DebugServer(host, port, any_host_header=allow_non_loopback)
+    if not isinstance(discover, bool):
+        raise TypeError(f"discover must be a bool, got {type(discover).__name__}")
+    return DebugServer(host, port, any_host_header=allow_non_loopback, discover=discover)
 
 
 def _is_loopback(host: str) -> bool:
@@ -128,7 +141,9 @@ class _Handler(BaseHTTPRequestHandler):
 class DebugServer:
     """A running `serve_debug` server: its base ``url`` and ``close()``."""
 
-    def __init__(self, host: str, port: int, *, any_host_header: bool = False) -> None:
+    def __init__(
+        self, host: str, port: int, *, any_host_header: bool = False, discover: bool = False
+    ) -> None:
         bare = host.strip("[]").removesuffix(".")  # "localhost." does not resolve everywhere
         server_class = _Server6 if ":" in bare else _Server
         self._server = server_class((bare, port), _Handler)
@@ -139,6 +154,8 @@ class DebugServer:
         """The base URL, ending in ``/``; the view is at ``url + "inflight"``."""
         self._lock = threading.Lock()
         self._closed = False
+        self.discovery_file: Path | None = None
+        """This process's discovery file, while this endpoint serves and has one."""
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -146,6 +163,12 @@ class DebugServer:
             daemon=True,
         )
         self._thread.start()
+        if discover:
+            try:
+                self.discovery_file = _discovery.write(self.url, service_name(), instance_id())
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         """Stop serving and release the port; calling it again does nothing."""
@@ -153,6 +176,8 @@ class DebugServer:
             if self._closed:
                 return
             self._closed = True
+        if self.discovery_file is not None:
+            _discovery.remove(self.discovery_file, self.url)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5.0)

@@ -22,17 +22,18 @@ from typing import Any, Final, TextIO
 
 __all__ = ["fetch", "inflight_url", "render", "run"]
 
-_CLEAR: Final = "\x1b[H\x1b[2J"
+CLEAR: Final = "\x1b[H\x1b[2J"
 _COLUMNS: Final = ("IDLE", "AGE", "STATE", "ITEMS", "NAME", "STREAM", "BACKEND", "TRACE", "WHERE")
 _ASYNCIO_DIR: Final = f"{os.sep}asyncio{os.sep}"
-_RIGHT_ALIGNED: Final = frozenset({"IDLE", "AGE", "ITEMS"})
+_FLEET_COLUMNS: Final = ("PID", "SERVICE")
+_RIGHT_ALIGNED: Final = frozenset({"PID", "IDLE", "AGE", "ITEMS"})
 
 Snapshot = dict[str, Any]
 
 # What reading the endpoint may raise short of a bug: no connection, a reply that is not
 # HTTP (another service on the port: BadStatusLine, or one cut short: IncompleteRead),
 # or one that is not the JSON list of snapshots.
-_READ_ERRORS: Final = (OSError, ValueError, http.client.HTTPException)
+READ_ERRORS: Final = (OSError, ValueError, http.client.HTTPException)
 
 
 def inflight_url(url: str) -> str:
@@ -65,7 +66,7 @@ def render(
 ) -> str:
     """The table, most idle first, and the stack of the most idle stream; lines clipped to
     `width` when given."""
-    ordered = sorted(snapshots, key=lambda s: _number(s.get("idle_s")), reverse=True)
+    ordered = sorted(snapshots, key=lambda s: number(s.get("idle_s")), reverse=True)
     states: dict[str, int] = {}
     for snap in ordered:
         states[str(snap.get("state"))] = states.get(str(snap.get("state")), 0) + 1
@@ -81,24 +82,13 @@ def render(
         lines.append("no stream in flight")
         return "\n".join(_clip(line, width) for line in lines) + "\n"
 
+    merged = any("pid" in snap for snap in ordered)
+    columns = (*_FLEET_COLUMNS, *_COLUMNS) if merged else _COLUMNS
     rows = [_row(snap) for snap in ordered]
-    widths = {col: max(len(col), *(len(row[col]) for row in rows)) for col in _COLUMNS}
-    widths["WHERE"] = 0  # last column: never padded
-
-    def line(cells: dict[str, str]) -> str:
-        parts = [
-            cells[col].rjust(widths[col])
-            if col in _RIGHT_ALIGNED
-            else cells[col].ljust(widths[col])
-            for col in _COLUMNS
-        ]
-        return "  ".join(parts).rstrip()
-
-    lines.append(line({col: col for col in _COLUMNS}))
-    lines.extend(line(row) for row in rows)
+    lines.extend(table(columns, rows, right=_RIGHT_ALIGNED).splitlines())
 
     top = ordered[0]
-    lines += ["", f"most idle: stream {top.get('stream_id')} ({top.get('name')})"]
+    lines += ["", f"most idle: stream {top.get('stream_id')} ({_printable(str(top.get('name')))})"]
     if top.get("trace_id"):
         lines.append(f"  trace_id {top['trace_id']}")
     stack = top.get("stack") or []
@@ -124,10 +114,10 @@ def run(
     if not watch:
         try:
             snapshots = fetch(endpoint)
-        except _READ_ERRORS as exc:
-            print(f"thunkscope inflight: cannot read {endpoint}: {_reason(exc)}", file=sys.stderr)
+        except READ_ERRORS as exc:
+            print(f"thunkscope inflight: cannot read {endpoint}: {reason(exc)}", file=sys.stderr)
             return 1
-        stream.write(render(snapshots, source=endpoint, width=_width(stream)))
+        stream.write(render(snapshots, source=endpoint, width=width(stream)))
         stream.flush()
         return 0
     tty = stream.isatty()
@@ -135,24 +125,48 @@ def run(
         while True:
             clock = time.strftime("%H:%M:%S")
             try:
-                frame = render(fetch(endpoint), source=endpoint, width=_width(stream), clock=clock)
-            except _READ_ERRORS as exc:
+                frame = render(fetch(endpoint), source=endpoint, width=width(stream), clock=clock)
+            except READ_ERRORS as exc:
                 frame = (
-                    f"thunkscope inflight  {endpoint}  {clock}\n\ncannot read it: {_reason(exc)}\n"
+                    f"thunkscope inflight  {endpoint}  {clock}\n\ncannot read it: {reason(exc)}\n"
                 )
-            stream.write((_CLEAR if tty else "\n") + frame)
+            stream.write((CLEAR if tty else "\n") + frame)
             stream.flush()
             sleep(interval)
     except KeyboardInterrupt:
         return 0
 
 
+def table(columns: Sequence[str], rows: Sequence[dict[str, str]], *, right: frozenset[str]) -> str:
+    """A header line and one line per row, columns padded to their widest cell; the last
+    column is never padded. Control characters in cells are shown escaped, so that a
+    hostile stream name cannot move the cursor or break the line."""
+    cells = [{col: _printable(row[col]) for col in columns} for row in rows]
+    widths = {col: max(len(col), *(len(row[col]) for row in cells)) for col in columns}
+    widths[columns[-1]] = 0
+
+    def line(values: dict[str, str]) -> str:
+        parts = [
+            values[col].rjust(widths[col]) if col in right else values[col].ljust(widths[col])
+            for col in columns
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line({col: col for col in columns}), *map(line, cells)]) + "\n"
+
+
+def _printable(value: str) -> str:
+    return value if value.isprintable() else repr(value)[1:-1]
+
+
 def _row(snap: Snapshot) -> dict[str, str]:
     stack = snap.get("stack") or []
     trace_id = snap.get("trace_id") or ""
     return {
-        "IDLE": _duration(snap.get("idle_s")),
-        "AGE": _duration(snap.get("age_s")),
+        "PID": str(snap.get("pid", "")),
+        "SERVICE": str(snap.get("service_name", "")),
+        "IDLE": duration(snap.get("idle_s")),
+        "AGE": duration(snap.get("age_s")),
         "STATE": str(snap.get("state", "")),
         "ITEMS": str(snap.get("items", "")),
         "NAME": str(snap.get("name", "")),
@@ -180,8 +194,8 @@ def _short_frame(frame: str) -> str:
     return f"{os.path.basename(path)}:{line}{sep}{function}"
 
 
-def _duration(value: Any) -> str:
-    seconds = _number(value)
+def duration(value: Any) -> str:
+    seconds = number(value)
     if seconds < 10:
         return f"{seconds:.2f}s"
     if seconds < 60:
@@ -193,7 +207,7 @@ def _duration(value: Any) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def _number(value: Any) -> float:
+def number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
@@ -203,7 +217,7 @@ def _clip(line: str, width: int | None) -> str:
     return line[: max(width - 1, 0)] + "…"
 
 
-def _width(stream: TextIO) -> int | None:
+def width(stream: TextIO) -> int | None:
     """The terminal's width when drawing on one; no clipping into a pipe or a file."""
     try:
         return shutil.get_terminal_size().columns if stream.isatty() else None
@@ -211,7 +225,7 @@ def _width(stream: TextIO) -> int | None:
         return None
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
         return str(exc.reason)
     if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):

@@ -170,6 +170,23 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         shown_default="the OTLP exporters' default",
     ),
     Setting(
+        "service_name",
+        ("OTEL_SERVICE_NAME",),
+        parse_text,
+        None,
+        "`service.name` of `configure()`'s resource and of the discovery files",
+        argument="service_name",
+        shown_default="`unknown_service:<program>`",
+    ),
+    Setting(
+        "runtime_dir",
+        ("THUNKSCOPE_RUNTIME_DIR", "XDG_RUNTIME_DIR"),
+        parse_text,
+        None,
+        "where debug endpoints write their discovery files (`thunkscope/<pid>.json` under it)",
+        shown_default="`<temp dir>/thunkscope-<uid>` (mode 0700)",
+    ),
+    Setting(
         "sdk_disabled",
         ("OTEL_SDK_DISABLED",),
         parse_flag,
