@@ -41,6 +41,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from thunkscope import _events as events
 from thunkscope import names
+from thunkscope._debug_server import serve_debug_in_every_process
 from thunkscope._export import (
     EXPORT_TIMEOUT_S,
     Exporters,
@@ -53,9 +54,11 @@ from thunkscope._settings import (
     PROTOCOLS,
     SPAN_MODES,
     SpanMode,
+    Unparsed,
     choice,
     count,
     from_environment,
+    parse_trace_url,
     resolve,
     seconds,
     text,
@@ -210,6 +213,8 @@ def configure(
     metric_export_interval_s: float = 10.0,
     metric_readers: Iterable[MetricReader] = (),
     span_processors: Iterable[SpanProcessor] = (),
+    debug_server: bool | None = None,
+    trace_url: str | None = None,
 ) -> TelemetryHandle:
     """Set up OTLP exporters for traces, metrics and logs, and thunkscope's settings.
 
@@ -232,6 +237,14 @@ def configure(
     stream names, and cache names, that label metrics (default 100); the rest fold
     into ``other``.
 
+    `debug_server` (default: ``THUNKSCOPE_DEBUG_SERVER``, else off) starts `serve_debug` on
+    127.0.0.1 with a free port, with its discovery file, in this process and in every
+    child forked from it later (each gets its own; `thunkscope ps` finds them).
+    `trace_url` (default ``THUNKSCOPE_TRACE_URL``) makes the debug page link trace ids:
+    ``{trace_id}`` in it is replaced, e.g. ``http://jaeger:16686/trace/{trace_id}``.
+    Every process gets a distinct ``service.instance.id`` resource attribute (the SDK's),
+    a fresh one in a forked child.
+
     Every argument is checked before anything is set up: a wrong type is a TypeError,
     a wrong value a ValueError, each naming the argument.
     """
@@ -250,10 +263,14 @@ def configure(
         metric_export_interval_s=metric_export_interval_s,
         metric_readers=metric_readers,
         span_processors=span_processors,
+        debug_server=debug_server,
+        trace_url=trace_url,
     )
     args.apply_settings()
     if from_environment("sdk_disabled"):
         _log.info("thunkscope: OTEL_SDK_DISABLED is set; no telemetry is exported")
+        if args.debug_server:
+            serve_debug_in_every_process()
         return TelemetryHandle()
 
     exporters = Exporters(args.protocol, args.endpoint, args.headers)
@@ -317,6 +334,10 @@ def configure(
             args.log_format, level=args.log_level, logger_provider=handle.logger_provider
         )
     telemetry.use()  # drop cached tracer and instruments: the globals changed
+    if args.debug_server:
+        # After the providers: its at-fork hook then runs after theirs, so a forked child's
+        # discovery file names the fresh service.instance.id they took.
+        serve_debug_in_every_process()
     return handle
 
 
@@ -395,6 +416,8 @@ class _Checked:
         metric_export_interval_s: object,
         metric_readers: object,
         span_processors: object,
+        debug_server: object = None,
+        trace_url: object = None,
     ) -> None:
         self.service_name: str | None = text("service_name", service_name, optional=True)
         given = (protocol.strip() or None) if isinstance(protocol, str) else protocol
@@ -431,6 +454,12 @@ class _Checked:
         self.span_processors: list[SpanProcessor] = _instances(
             "span_processors", span_processors, SpanProcessor
         )
+        if debug_server is not None and not isinstance(debug_server, bool):
+            raise TypeError(
+                f"debug_server must be a bool or None, got {type(debug_server).__name__}"
+            )
+        self.debug_server: bool = resolve("debug_server", debug_server)
+        self.trace_url: str | None = _trace_url(trace_url)
 
     def apply_settings(self) -> None:
         settings = telemetry.settings
@@ -442,10 +471,22 @@ class _Checked:
             settings.capture_content = self.capture_content
         if self.content_limit is not None:
             settings.content_limit = self.content_limit
+        if self.trace_url is not None:
+            settings.trace_url = self.trace_url
         if self.name_limit is not None:
             settings.name_limit = self.name_limit
             telemetry.stream_names.limit = self.name_limit
             telemetry.cache_names.limit = self.name_limit
+
+
+def _trace_url(value: object) -> str | None:
+    template: str | None = text("trace_url", value, optional=True)
+    if template is None:
+        return None
+    try:
+        return parse_trace_url(template)
+    except Unparsed as exc:
+        raise ValueError(f"trace_url must be {exc}, got {template!r}") from None
 
 
 def _endpoint(value: object, protocol: Protocol) -> str | None:

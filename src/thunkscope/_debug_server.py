@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import os
 import socket
 import threading
 from http import HTTPStatus
@@ -28,12 +30,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from thunkscope import _discovery
+from thunkscope import _discovery, names
 from thunkscope._inflight import inflight
 from thunkscope._instance import instance_id, service_name
 from thunkscope._settings import count, text
 
-__all__ = ["DebugServer", "serve_debug"]
+__all__ = ["DebugServer", "serve_debug", "serve_debug_in_every_process"]
 
 INFLIGHT_PATH: Final = "inflight"
 # The one loopback name, with or without its trailing dot; the server binds IPv4 for a
@@ -182,6 +184,13 @@ class DebugServer:
         self._server.server_close()
         self._thread.join(timeout=5.0)
 
+    def _abandon(self) -> None:
+        """In a forked child: release the parent's socket; there is no thread to stop, and
+        the discovery file is the parent's."""
+        self._closed = True
+        self.discovery_file = None
+        self._server.server_close()
+
     def __enter__(self) -> DebugServer:
         return self
 
@@ -196,3 +205,43 @@ class DebugServer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "serving"
         return f"<DebugServer {self.url} {state}>"
+
+
+# --- the endpoint of every process (configure(debug_server=True)) -----------------------------
+
+_log = logging.getLogger(names.LOGGER_NAME)
+_per_process: DebugServer | None = None
+_per_process_lock = threading.Lock()
+_fork_hook_registered = False
+
+
+def serve_debug_in_every_process() -> DebugServer | None:
+    """Serve the debug endpoint on 127.0.0.1 (free port) in this process, once, and in
+    every child forked from it later; None (with a warning) if it cannot start.
+
+    A forked child inherits the parent's listening socket but not its serving thread:
+    it closes the socket and starts an endpoint, and a discovery file, of its own.
+    Telemetry never breaks the application, so a failure is a warning, not an error.
+    """
+    global _per_process, _fork_hook_registered
+    with _per_process_lock:
+        if _per_process is None:
+            try:
+                _per_process = serve_debug()
+            except (OSError, _discovery.DiscoveryError) as exc:
+                _log.warning("thunkscope: the debug endpoint did not start: %s", exc)
+                return None
+        if not _fork_hook_registered:
+            _fork_hook_registered = True
+            os.register_at_fork(after_in_child=_serve_in_forked_child)
+        return _per_process
+
+
+def _serve_in_forked_child() -> None:
+    global _per_process, _per_process_lock
+    _per_process_lock = threading.Lock()  # another thread may have held it at the fork
+    inherited, _per_process = _per_process, None
+    if inherited is None:
+        return
+    inherited._abandon()
+    serve_debug_in_every_process()

@@ -75,7 +75,7 @@ def discovery_dir(*, create: bool = False) -> Path:
     for path in (base, directory) if per_user_tmp else (directory,):
         if create:
             with contextlib.suppress(FileExistsError):
-                path.mkdir(mode=0o700, parents=path is base)
+                path.mkdir(mode=0o700, parents=True)
         _check_own_dir(path)
     return directory
 

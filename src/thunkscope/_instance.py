@@ -1,45 +1,44 @@
-"""This process's identity: `service.instance.id`, fresh in every process (SPEC section 6).
+"""This process's identity: `service.name` and `service.instance.id` (SPEC section 6).
 
 Worker processes of one service share its name; the instance id keeps their series and
-traces apart. A child forked after `configure()` (gunicorn ``--preload``, multiprocessing
-with fork) would otherwise inherit the parent's id: an at-fork hook draws a new one.
+traces apart. The OTel SDK (1.45+) gives every resource a random ``service.instance.id``
+and, in a child forked after the providers exist (gunicorn ``--preload``, multiprocessing
+with fork), merges a fresh one into each provider's resource. thunkscope uses that same
+id, so a discovery file names the instance its telemetry carries.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import uuid
 
 from opentelemetry import trace as trace_api
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, ServiceInstanceIdResourceDetector
 
 from thunkscope._settings import from_environment
 
 __all__ = ["instance_id", "service_name"]
 
-_id = str(uuid.uuid4())
+
+def _resource_attribute(name: str) -> str | None:
+    resource = getattr(trace_api.get_tracer_provider(), "resource", None)
+    value = (getattr(resource, "attributes", None) or {}).get(name)
+    return value if isinstance(value, str) and value else None
 
 
 def instance_id() -> str:
-    """The `service.instance.id` of this process (a UUID, new in each forked child)."""
-    return _id
-
-
-def _renew() -> None:
-    global _id
-    _id = str(uuid.uuid4())
-
-
-os.register_at_fork(after_in_child=_renew)
+    """The ``service.instance.id`` of this process: its tracer provider's, else the SDK's
+    per-process id (new in each forked child)."""
+    return _resource_attribute(SERVICE_INSTANCE_ID) or str(
+        ServiceInstanceIdResourceDetector().detect().attributes[SERVICE_INSTANCE_ID]
+    )
 
 
 def service_name() -> str:
     """The `service.name` this process reports: its tracer provider's resource, else
     ``OTEL_SERVICE_NAME``, else OTel's ``unknown_service:<program>``."""
-    resource = getattr(trace_api.get_tracer_provider(), "resource", None)
-    attributes = getattr(resource, "attributes", None) or {}
-    name = attributes.get("service.name")
-    if isinstance(name, str) and name:
+    name = _resource_attribute("service.name")
+    if name:
         return name
     configured = from_environment("service_name")
     if isinstance(configured, str):

@@ -90,6 +90,16 @@ def parse_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def parse_trace_url(raw: str) -> str | None:
+    """An http(s) URL template containing ``{trace_id}``; blank is unset."""
+    template = raw.strip()
+    if not template:
+        return None
+    if not template.startswith(("http://", "https://")) or "{trace_id}" not in template:
+        raise Unparsed("an http(s) URL template containing {trace_id}")
+    return template
+
+
 # --- the table -----------------------------------------------------------------------------------
 
 
@@ -168,6 +178,25 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "win over it",
         argument="endpoint",
         shown_default="the OTLP exporters' default",
+    ),
+    Setting(
+        "debug_server",
+        ("THUNKSCOPE_DEBUG_SERVER",),
+        parse_flag,
+        False,
+        "`configure()` starts `serve_debug` on 127.0.0.1 (free port) in this process and in "
+        "every child forked later, each with its discovery file",
+        argument="debug_server",
+        shown_default="off",
+    ),
+    Setting(
+        "trace_url",
+        ("THUNKSCOPE_TRACE_URL",),
+        parse_trace_url,
+        None,
+        "link of a trace id on the debug page; `{trace_id}` is replaced",
+        argument="trace_url",
+        shown_default="no link",
     ),
     Setting(
         "service_name",
@@ -251,6 +280,7 @@ class Settings:
     capture_content: bool = False
     content_limit: int = DEFAULT_CONTENT_LIMIT
     name_limit: int = DEFAULT_NAME_LIMIT
+    trace_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
