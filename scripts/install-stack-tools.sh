@@ -52,6 +52,19 @@ install_alertmanager() {
     [ -x /usr/bin/prometheus-alertmanager ] && command -v amtool >/dev/null
 }
 
+# Debian's chromium and its chromedriver: the debug page's browser test drives them.
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        log "chromium and chromedriver already installed: $(command -v chromium)"
+        return 0
+    fi
+    log "installing Debian's chromium and chromium-driver packages"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+    command -v chromedriver >/dev/null
+}
+
 pick_python() {
     local candidate
     for candidate in "${repo_root}/.venv/bin/python" python3 python; do
@@ -96,6 +109,7 @@ install_compose() {
 
 install_prometheus
 install_alertmanager
+install_chromium
 install_compose
 log "collector: $(bash "${repo_root}/scripts/build-collector.sh")"
 log "done"

@@ -116,8 +116,11 @@ class TestEndpoint:
         assert get(server.url + "inflight") == (200, "application/json", [])
 
     def test_index_and_unknown_paths(self, server: DebugServer) -> None:
-        """The base URL names the endpoint; other paths are a JSON 404."""
-        assert get(server.url) == (200, "application/json", {"endpoints": ["/inflight"]})
+        """The base URL answers the HTML page; other paths are a JSON 404."""
+        with urllib.request.urlopen(server.url, timeout=10) as reply:
+            assert reply.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert "script-src 'nonce-" in reply.headers["Content-Security-Policy"]
+            assert b"<h1>thunkscope: streams in flight</h1>" in reply.read()
         status, _, body = get(server.url + "nope")
         assert status == 404
         assert "nope" in body["error"]

@@ -24,6 +24,19 @@ GAP = 0.25
 pytestmark = [pytest.mark.usefixtures("telemetry"), pytest.mark.virtual_time]
 
 
+# Where gappy waits: the innermost frame a stall event names.
+GAPPY_WAIT = f"{gappy.__code__.co_filename}:{gappy.__code__.co_firstlineno + 4} in gappy"
+
+
+def producer_stack(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, ...]]:
+    """Pop the producer stack off each stall event (in place); the stacks, in order."""
+    return [
+        attrs.pop(names.STREAM_PRODUCER_STACK)
+        for name, attrs in events
+        if name == names.EVENT_STALLED
+    ]
+
+
 async def until_sentinel(queue: asyncio.Queue[Any]) -> list[Any]:
     """The items taken off the queue as they come, up to the None sentinel."""
     items = []
@@ -65,7 +78,16 @@ class TestStallWarning:
         )
         assert drain(queue) == ["a", "b", "c", None]
         (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
-        assert events_of(span) == [
+        events = events_of(span)
+        (frames,) = producer_stack(events)
+        assert frames[-1] == GAPPY_WAIT
+        assert [frame.rsplit(" in ", 1)[1] for frame in frames] == [
+            "test_one_warning_per_gap_then_resume",
+            "send_to_queue",
+            "_pump",
+            "gappy",
+        ]
+        assert events == [
             (names.EVENT_FIRST_ITEM, {}),
             (names.EVENT_STALLED, {"thunkscope.stream.gap": STALL, names.STREAM_ITEMS: 1}),
             (names.EVENT_RESUMED, {"thunkscope.stream.gap": GAP, names.STREAM_ITEMS: 1}),
@@ -85,6 +107,7 @@ class TestStallWarning:
                 "stream": "stall-one",
                 "gap_s": STALL,
                 "items": 1,
+                "producer_stack": list(frames),
                 **ids,
             }
         ]
@@ -178,7 +201,9 @@ class TestStallWarning:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         await send_to_queue(gappy(["a"], {0: GAP}), queue, chunk_timeout=None, stall_after=STALL)
         (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
-        assert events_of(span)[:3] == [
+        events = events_of(span)
+        assert [stack[-1] for stack in producer_stack(events)] == [GAPPY_WAIT]
+        assert events[:3] == [
             (names.EVENT_STALLED, {"thunkscope.stream.gap": STALL, names.STREAM_ITEMS: 0}),
             (names.EVENT_FIRST_ITEM, {}),
             (names.EVENT_RESUMED, {"thunkscope.stream.gap": GAP, names.STREAM_ITEMS: 0}),

@@ -30,10 +30,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from thunkscope import _discovery, names
+from thunkscope import _debug_page, _discovery, names
 from thunkscope._inflight import inflight
 from thunkscope._instance import instance_id, service_name
 from thunkscope._settings import count, text
+from thunkscope._telemetry import telemetry
 
 __all__ = ["DebugServer", "serve_debug", "serve_debug_in_every_process"]
 
@@ -121,16 +122,41 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._send_bytes(HTTPStatus.OK, body)
         elif path == "":
-            self._send(HTTPStatus.OK, {"endpoints": [f"/{INFLIGHT_PATH}"]})
+            self._send_page()
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+
+    def _send_page(self) -> None:
+        nonce = _debug_page.new_nonce()
+        body = _debug_page.render(
+            service=service_name(),
+            instance=instance_id(),
+            trace_url=telemetry.settings.trace_url,
+            nonce=nonce,
+        )
+        self._send_bytes(
+            HTTPStatus.OK,
+            body,
+            content_type="text/html; charset=utf-8",
+            csp=_debug_page.content_security_policy(nonce),
+        )
 
     def _send(self, status: HTTPStatus, payload: Any) -> None:
         self._send_bytes(status, json.dumps(payload).encode())
 
-    def _send_bytes(self, status: HTTPStatus, body: bytes) -> None:
+    def _send_bytes(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        csp: str | None = None,
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if csp is not None:
+            self.send_header("Content-Security-Policy", csp)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()

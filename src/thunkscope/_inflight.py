@@ -12,23 +12,17 @@ a consumer's span can link to the producer's.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
-import inspect
 import weakref
 from collections import Counter
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from thunkscope._stacks import task_stack
 from thunkscope._telemetry import telemetry
 from thunkscope._watch import StreamWatch
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
-
-_STACK_DEPTH: Final = 16
-_STACK_WALK_LIMIT: Final = 64
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -136,51 +130,5 @@ def snapshot(watch: StreamWatch, now: float) -> dict[str, Any]:
         "age_s": round(now - watch.started, 6),
         "idle_s": round(now - watch.last, 6),
         "backend_type": watch.backend_type,
-        "stack": _task_stack(watch.task),
+        "stack": task_stack(watch.task),
     }
-
-
-def _task_stack(task: asyncio.Task[Any] | None) -> list[str]:
-    """Where `task` is suspended, outermost frame first, as 'file:line in function' lines.
-
-    `Task.get_stack()` stops at the task's own coroutine; this follows what each
-    coroutine awaits (coroutines, async generators, ``yield from`` generators) down to
-    the innermost frame, which is where a stalled backend sits. Async generators are
-    reached through their ``asend`` awaitables, which name their generator only to the
-    garbage collector. Snapshot-time work only: nothing of it runs per item.
-    """
-    if task is None or task.done():
-        return []
-    try:
-        frames: list[FrameType] = []
-        awaited: object = task.get_coro()
-        for _ in range(_STACK_WALK_LIMIT):
-            frame, awaited = _frame_and_awaited(awaited)
-            if frame is not None:
-                frames.append(frame)
-            if awaited is None:
-                break
-        return [
-            f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-            for frame in frames[-_STACK_DEPTH:]
-        ]
-    except Exception:  # a task moving on, on another thread, while we look
-        return []
-
-
-def _frame_and_awaited(obj: object) -> tuple[FrameType | None, object]:
-    """The frame of a suspended coroutine-like `obj`, and what it awaits in turn."""
-    if inspect.iscoroutine(obj):
-        return obj.cr_frame, obj.cr_await
-    if inspect.isasyncgen(obj):
-        return obj.ag_frame, obj.ag_await
-    if inspect.isgenerator(obj):
-        return obj.gi_frame, obj.gi_yieldfrom
-    # An async generator's asend/athrow awaitable, or another wrapper: step to the
-    # generator or coroutine it holds, if any. A future ends the walk.
-    if isinstance(obj, asyncio.Future):
-        return None, None
-    for referent in gc.get_referents(obj):
-        if inspect.isasyncgen(referent) or inspect.iscoroutine(referent):
-            return None, referent
-    return None, None

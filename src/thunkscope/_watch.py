@@ -22,6 +22,7 @@ from opentelemetry import trace as trace_api
 from thunkscope import _events as events
 from thunkscope import names
 from thunkscope._deadlines import Check, deadlines
+from thunkscope._stacks import innermost_frames
 from thunkscope._telemetry import report_failure, telemetry
 
 if TYPE_CHECKING:
@@ -274,8 +275,14 @@ class StreamWatch:
         self.stalls += 1
         self.watermark = -1.0  # the next item takes the slow path and reports the resume
         self.state = STALLED  # the timer checks a blocked put before it comes to this
+        # Where the producer waits, so a stall found in a fleet's logs points at code.
+        frames = innermost_frames(self.task)
         self._tell(
-            names.EVENT_STALLED, {names.STREAM_GAP: idle}, events.WARNING, gap_s=round(idle, 6)
+            names.EVENT_STALLED,
+            {names.STREAM_GAP: idle, names.STREAM_PRODUCER_STACK: frames},
+            events.WARNING,
+            gap_s=round(idle, 6),
+            producer_stack=frames,
         )
         telemetry.instruments.stream_stalls.add(
             1, {names.STREAM_NAME: telemetry.stream_names.fold(self.name)}
@@ -313,7 +320,7 @@ class StreamWatch:
             blocked_s=round(waited, 6),
         )
 
-    def _tell(self, event: str, attributes: dict[str, float], level: int, **fields: float) -> None:
+    def _tell(self, event: str, attributes: dict[str, Any], level: int, **fields: Any) -> None:
         """One watch event, on the span and as the log event of the same name.
 
         Called from the timer, outside the stream's context: the span's ids are added

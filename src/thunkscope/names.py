@@ -52,6 +52,9 @@ CACHE_EVICTED: Final = "thunkscope.cache.evicted"
 CACHE_SIZE: Final = "thunkscope.cache.size"
 
 STREAM_GAP: Final = "thunkscope.stream.gap"
+# On stream.stalled: the producing task's innermost frames ("file:line in function",
+# innermost last, at most 5, no local values); the log event's field is producer_stack.
+STREAM_PRODUCER_STACK: Final = "thunkscope.stream.producer_stack"
 STREAM_CHUNK_TIMEOUT: Final = "thunkscope.stream.chunk_timeout"
 QUEUE_WAIT: Final = "thunkscope.queue.wait"
 QUEUE_ITEMS: Final = "thunkscope.queue.items"
