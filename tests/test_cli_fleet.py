@@ -4,6 +4,7 @@ reported on its row."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from thunkscope import _fleet_view, serve_debug
 
 # A process with one stalled stream named argv[1], serving its debug endpoint. It prints
 # its URL once the stream shows as stalled, and runs until its standard input closes.
@@ -239,3 +242,24 @@ class TestInflightMerged:
         result = cli("inflight", "--url", "http://127.0.0.1:1/", "--pid", "1", env=env)
         assert result.returncode == 2
         assert "argument --url: not allowed with --pid, --service or --json" in result.stderr
+
+
+class TestInflightWatch:
+    def test_watch_redraws_the_merged_table_until_ctrl_c(self) -> None:
+        """--watch: one merged frame per interval (this process's endpoint), exit 0 on Ctrl-C."""
+        naps: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            naps.append(seconds)
+            if len(naps) == 2:
+                raise KeyboardInterrupt
+
+        out = io.StringIO()
+        with serve_debug():
+            code = _fleet_view.run_inflight(watch=True, interval=0.5, out=out, sleep=sleep)
+        assert code == 0
+        assert naps == [0.5, 0.5]
+        frames = out.getvalue().split("\nthunkscope inflight  ")
+        assert len(frames) == 3  # the leading empty piece, then two frames
+        assert all(frame.startswith("1 process  0 streams") for frame in frames[1:])
+        assert all("no stream in flight" in frame for frame in frames[1:])
