@@ -263,3 +263,14 @@ class TestInflightWatch:
         assert len(frames) == 3  # the leading empty piece, then two frames
         assert all(frame.startswith("1 process  0 streams") for frame in frames[1:])
         assert all("no stream in flight" in frame for frame in frames[1:])
+
+
+class TestBadDirectory:
+    def test_not_a_directory_is_a_clear_error(self, env: dict[str, str], runtime_dir: Path) -> None:
+        """ps and inflight exit 2 naming the path when the discovery directory is a file."""
+        (runtime_dir / "thunkscope").write_text("")
+        for command in ("ps", "inflight"):
+            result = cli(command, env=env)
+            assert result.returncode == 2
+            assert result.stdout == ""
+            assert f"'{runtime_dir / 'thunkscope'}' is not a directory" in result.stderr
