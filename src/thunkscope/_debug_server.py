@@ -210,7 +210,7 @@ class DebugServer:
         self._server.server_close()
         self._thread.join(timeout=5.0)
 
-    def _abandon(self) -> None:
+    def close_inherited(self) -> None:
         """In a forked child: release the parent's socket; there is no thread to stop, and
         the discovery file is the parent's."""
         self._closed = True
@@ -269,5 +269,5 @@ def _serve_in_forked_child() -> None:
     inherited, _per_process = _per_process, None
     if inherited is None:
         return
-    inherited._abandon()
+    inherited.close_inherited()
     serve_debug_in_every_process()
