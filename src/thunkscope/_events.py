@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
+from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
-from opentelemetry.trace import Span
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 
 from thunkscope import _probes as probes
 from thunkscope import names
@@ -138,11 +139,39 @@ def emit(level: int, event: str, /, **fields: Any) -> None:
         log(event, **fields)
 
 
+def _named_span(fields: dict[str, Any]) -> SpanContext | None:
+    """The span an event names by its ``trace_id``/``span_id`` fields (an event told from a
+    timer or after its span ended), when it is not the active one; else None."""
+    try:
+        named = SpanContext(
+            trace_id=int(fields["trace_id"], 16),
+            span_id=int(fields["span_id"], 16),
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    active = trace_api.get_current_span().get_span_context()
+    if not named.is_valid or (active.trace_id, active.span_id) == (named.trace_id, named.span_id):
+        return None
+    return named
+
+
 def _to_structlog(level: int, event: str, /, **fields: Any) -> None:
     try:
         if "trace_id" not in fields:
             fields.update(trace_context())
-        getattr(_structlog, _METHOD[level])(event, **fields)
+        named = _named_span(fields)
+        if named is None:
+            getattr(_structlog, _METHOD[level])(event, **fields)
+            return
+        # The OTLP log record takes its trace context from the active span: make the named
+        # span active for this call, so the record carries the ids the event names.
+        token = context_api.attach(trace_api.set_span_in_context(NonRecordingSpan(named)))
+        try:
+            getattr(_structlog, _METHOD[level])(event, **fields)
+        finally:
+            context_api.detach(token)
     except Exception as exc:
         # A broken processor breaks every event alike: one warning per type.
         report_failure("logging", exc, detail=f"event {event}")

@@ -22,6 +22,9 @@ from opentelemetry import trace
 import thunkscope
 
 STALL_AFTER_S = 0.2
+# The stalled stream pauses after this many items: a count no other stream's event carries
+# (completed 5, timed out 1, failed 2), so Jaeger finds the stall by its event's attributes.
+STALLED_AT = 3
 
 
 async def tokens(
@@ -64,7 +67,9 @@ async def run() -> dict[str, Any]:
     traces["completed"], items = await stream("completed", tokens(5))
     produced["completed"] = len(items)
     traces["stalled"], items = await stream(
-        "stalled", tokens(4, pause_at=2, pause_s=STALL_AFTER_S * 4), stall_after=STALL_AFTER_S
+        "stalled",
+        tokens(5, pause_at=STALLED_AT, pause_s=STALL_AFTER_S * 4),
+        stall_after=STALL_AFTER_S,
     )
     produced["stalled"] = len(items)
     traces["timeout"], items = await stream(
