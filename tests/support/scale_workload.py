@@ -56,8 +56,9 @@ ITEMS = {
     BACKPRESSURE: 3,
     SLOW_FIRST_ITEM: 2,
 }
-#: The root span each stream runs in.
+#: The root span each stream runs in, and the consumer's span under it.
 ROOT_SPAN = "scale.request"
+CONSUME_SPAN = "scale.consume"
 
 
 async def _items(kind: str) -> AsyncIterator[str]:
@@ -83,8 +84,9 @@ async def _drain(queue: asyncio.Queue[Any]) -> None:
             return
 
 
-async def run_stream(kind: str, tracer: trace.Tracer) -> str:
-    """One stream of `kind` in its own trace; its trace id (hex) is returned."""
+async def run_stream(kind: str, tracer: trace.Tracer, name: str | None = None) -> str:
+    """One stream of `kind` (named `name`, else its kind) in its own trace of three spans:
+    the root, the stream and its consumer. Its trace id (hex) is returned."""
     with tracer.start_as_current_span(ROOT_SPAN, attributes={"scale.kind": kind}) as root:
         # A full one-slot queue blocks the second put until the consumer starts: backpressure.
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1 if kind == BACKPRESSURE else 0)
@@ -92,7 +94,7 @@ async def run_stream(kind: str, tracer: trace.Tracer) -> str:
             send_to_queue(
                 _items(kind),
                 queue,
-                name=kind,
+                name=name or kind,
                 chunk_timeout=CHUNK_TIMEOUT_S if kind == TIMEOUT else None,
                 stall_after=STALL_AFTER_S,
             )
@@ -106,7 +108,8 @@ async def run_stream(kind: str, tracer: trace.Tracer) -> str:
                 ),
                 what=f"backpressure stream {trace_id} blocked on its put",
             )
-        await _drain(queue)
+        with tracer.start_as_current_span(CONSUME_SPAN):
+            await _drain(queue)
         await producer
         return f"{root.get_span_context().trace_id:032x}"
 
