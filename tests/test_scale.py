@@ -141,9 +141,9 @@ class TestSamplingPolicies:
 
 class TestAgentRouting:
     def test_traces_go_by_trace_id_to_every_gateway_of_the_stack(self) -> None:
-        """The agent's loadbalancing exporter routes by traceID to exactly the compose gateways."""
+        """The agent's load_balancing exporter routes by traceID to exactly the compose gateways."""
         agent = load_yaml(AGENT)
-        balancer = agent["exporters"]["loadbalancing"]
+        balancer = agent["exporters"]["load_balancing"]
         assert balancer["routing_key"] == "traceID"
         hosts = balancer["resolver"]["static"]["hostnames"]
         services = compose_model()["services"]
@@ -151,7 +151,7 @@ class TestAgentRouting:
         assert sorted(hosts) == sorted(f"{g}:4317" for g in gateways)
         assert len(gateways) == 2
         traces = agent["service"]["pipelines"]["traces"]
-        assert traces["exporters"] == ["loadbalancing"]
+        assert traces["exporters"] == ["load_balancing"]
         assert "tail_sampling" not in agent.get("processors", {})
 
     def test_pipelines_reference_only_defined_components(self) -> None:

@@ -170,8 +170,8 @@ class TestTailSamplingEndToEnd:
             "extensions.health_check.endpoint",
             "receivers.otlp.protocols.grpc.endpoint",
             "receivers.otlp.protocols.http",
-            "exporters.loadbalancing.resolver.static.hostnames[0]",
-            "exporters.loadbalancing.resolver.static.hostnames[1]",
+            "exporters.load_balancing.resolver.static.hostnames[0]",
+            "exporters.load_balancing.resolver.static.hostnames[1]",
             "exporters.prometheus.endpoint",
             "service.telemetry",
         }
@@ -192,7 +192,9 @@ class TestTailSamplingEndToEnd:
         endpoint = f"http://127.0.0.1:{stack.agent_grpc}"
         tracer_provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=endpoint, insecure=True), max_queue_size=20000
+                OTLPSpanExporter(endpoint=endpoint, insecure=True),
+                max_queue_size=20000,
+                schedule_delay_millis=200,  # the decision_wait rule: far under the 10 s
             )
         )
         reader = PeriodicExportingMetricReader(
