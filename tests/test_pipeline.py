@@ -23,7 +23,8 @@ import pytest
 
 from support.otelcol import RunningJaeger, collector, jaeger
 from support.pipeline_workload import STALLED_AT
-from support.stack_tools import REPO_ROOT, http_get, poll
+from support.stack_prometheus import prometheus
+from support.stack_tools import REPO_ROOT, http_get, poll, require_binary
 from test_collector import loopback_endpoints, overlay_for, write_overlay
 from thunkscope import names as n
 
@@ -42,6 +43,8 @@ class Pipeline:
     jaeger: RunningJaeger
     logs_file: Path
     workload: dict[str, Any]
+    prometheus_exporter: str
+    workdir: Path
 
 
 @pytest.fixture(scope="module", params=["http/protobuf", "grpc"])
@@ -72,7 +75,8 @@ def pipeline(
                 timeout=120,
             )
             assert result.returncode == 0, result.stdout + result.stderr
-            yield Pipeline(running_jaeger, logs_file, json.loads(result.stdout.splitlines()[-1]))
+            workload = json.loads(result.stdout.splitlines()[-1])
+            yield Pipeline(running_jaeger, logs_file, workload, ends.prometheus, workdir)
 
 
 def jaeger_search(running: RunningJaeger, tags: dict[str, str]) -> list[dict[str, Any]]:
@@ -187,3 +191,42 @@ class TestShippedPipeline:
 
         found = poll(records, timeout=WAIT_S, what="the logs file holding every stream's logs")
         assert [r for r in found if not r.get("traceId")] == []
+
+    def test_prometheus_counts_the_workload(
+        self, pipeline: Pipeline
+    ) -> None:
+        """Debian's Prometheus, scraping the collector's prometheus exporter as compose does,
+        counts exactly the workload's streams by outcome, its stall and its cache traffic."""
+        job = f"{SERVICE}-scrape"
+        with prometheus(
+            require_binary("prometheus"),
+            pipeline.workdir / "prometheus",
+            job=job,
+            targets=[pipeline.prometheus_exporter],
+        ) as running:
+
+            def by(expr: str, label: str) -> dict[str, float]:
+                samples = running.api.instant(expr)
+                return {sample.labels.get(label, ""): sample.value for sample in samples}
+
+            def counted() -> None:
+                outcome = n.STREAM_OUTCOME.replace(".", "_")
+                result = n.CACHE_RESULT.replace(".", "_")
+                streams = by(
+                    f'sum by ({outcome}) (thunkscope_stream_duration_seconds_count{{job="{job}"}})',
+                    outcome,
+                )
+                assert streams == {
+                    n.OUTCOME_COMPLETED: 2.0,
+                    n.OUTCOME_TIMEOUT: 1.0,
+                    n.OUTCOME_ERROR: 1.0,
+                }
+                assert by(f'sum(thunkscope_stream_stalls_total{{job="{job}"}})', "") == {"": 1.0}
+                lookups = by(
+                    f'sum by ({result}) (thunkscope_cache_lookups_total{{job="{job}"}})', result
+                )
+                assert lookups == {"hit": 1.0, "miss": 1.0}
+                evictions = by(f'sum(thunkscope_cache_evictions_total{{job="{job}"}})', "")
+                assert evictions == {"": 1.0}
+
+            poll(counted, timeout=WAIT_S, what="Prometheus counting the workload")
