@@ -242,6 +242,24 @@ class TestScaleGrafana:
 
 
 class TestScalePrometheus:
+    def test_evaluates_the_local_stacks_rules_and_alerts_through_alertmanager(self) -> None:
+        """The scale Prometheus loads deploy/alerts/thunkscope-rules.yml where its config's
+        relative path points, keeps 2 d for the 1 d burn window, and sends to Alertmanager."""
+        services = compose_model()["services"]
+        service = services["prometheus"]
+        mounts = bind_mounts(service)
+        config = Path(
+            next(t for t, s in mounts.items() if s == (SCALE / "prometheus.yml").resolve())
+        )
+        (rules,) = load_yaml(SCALE / "prometheus.yml")["rule_files"]
+        target = str((config.parent / rules).resolve())
+        assert mounts[target] == (DEPLOY / "alerts" / "thunkscope-rules.yml").resolve()
+        assert "--storage.tsdb.retention.time=2d" in service["command"]
+        assert (
+            bind_mounts(services["alertmanager"])["/etc/alertmanager/alertmanager.yml"]
+            == (DEPLOY / "alertmanager" / "alertmanager.yml").resolve()
+        )
+
     def test_promtool_accepts_the_config(self) -> None:
         """Debian's promtool checks deploy/scale/prometheus.yml."""
         result = subprocess.run(
@@ -260,6 +278,7 @@ class TestScalePrometheus:
         assert job["honor_labels"] is True
         assert job["dns_sd_configs"] == [{"names": ["agent"], "type": "A", "port": 8889}]
         assert load_yaml(AGENT)["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
+        assert config["rule_files"] == ["../alerts/thunkscope-rules.yml"]
         (remote,) = config["remote_write"]
         assert remote["url"] == "http://mimir:9009/api/v1/push"
         assert remote["send_exemplars"] is True
