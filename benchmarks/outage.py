@@ -67,8 +67,9 @@ def start(binary: str, configs: list[Path], health: str, log: Path) -> subproces
     raise SystemExit(f"collector not ready:\n{log.read_text()[-3000:]}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGKILL)
+def stop(process: subprocess.Popen[bytes], graceful: bool = False) -> None:
+    """Kills the collector (SIGKILL), or stops it as a restart does (SIGTERM: it drains)."""
+    process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
     process.wait()
 
 
@@ -200,6 +201,9 @@ def main() -> int:
     parser.add_argument(
         "--agent-outage", action="store_true", help="kill the agent, not the gateway"
     )
+    parser.add_argument(
+        "--graceful", action="store_true", help="stop with SIGTERM (a restart), not SIGKILL"
+    )
     parser.add_argument("--app", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.app:
@@ -242,11 +246,11 @@ def main() -> int:
     )
     time.sleep(lead)  # the benchmark's schedule, not a wait for a condition
     if args.agent_outage and agent is not None:
-        stop(agent)
+        stop(agent, args.graceful)
         time.sleep(args.outage)
         agent = start(binary, agent_cfgs, front["health"], workdir / "agent.log")
     else:
-        stop(gateway)
+        stop(gateway, args.graceful)
         time.sleep(args.outage)
         gateway = start(binary, [gateway_cfg], gw["health"], workdir / "gateway.log")
     out, _ = application.communicate(timeout=600)
