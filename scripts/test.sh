@@ -8,7 +8,7 @@ bash scripts/bootstrap.sh test,dev
 bash scripts/install-stack-tools.sh
 bash scripts/install-mellea-envs.sh
 
-.venv/bin/ruff check src tests benchmarks dashboards
+.venv/bin/ruff check src tests benchmarks dashboards deploy
 .venv/bin/mypy
 
 # The core suite, then the mellea instrumentation in each mellea environment: every test
