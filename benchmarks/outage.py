@@ -80,8 +80,11 @@ def gateway_config(workdir: Path, grpc: str, http: str, health: str) -> Path:
         "receivers": {
             "otlp": {"protocols": {"grpc": {"endpoint": grpc}, "http": {"endpoint": http}}}
         },
+        # append: a restarted gateway must not truncate what it wrote before the outage
+        # (the file exporter's default), or the benchmark counts that as lost.
         "exporters": {
-            f"file/{s}": {"path": path, "flush_interval": "100ms"} for s, path in files.items()
+            f"file/{s}": {"path": path, "flush_interval": "100ms", "append": True}
+            for s, path in files.items()
         },
         "service": {
             "extensions": ["health_check"],
@@ -111,34 +114,41 @@ def agent_overlay(workdir: Path, grpc: str, http: str, health: str, gateway: str
     return path
 
 
+def exported(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines the file exporter has written so far.
+
+    The exporter flushes on a timer, so the last line can be cut mid-way: it is left for
+    the next read rather than failing the run.
+    """
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return found
+
+
 def received(workdir: Path) -> dict[str, int]:
     """Spans, stream.completed log records and the last cumulative stream count received."""
     spans = logs = 0
     streams = 0
-    for line in (
-        (workdir / "traces.json").read_text().splitlines()
-        if (workdir / "traces.json").exists()
-        else []
-    ):
-        for r in json.loads(line)["resourceSpans"]:
+    for batch in exported(workdir / "traces.json"):
+        for r in batch["resourceSpans"]:
             for s in r["scopeSpans"]:
                 spans += sum(1 for sp in s["spans"] if sp["name"] == "send_to_queue")
-    for line in (
-        (workdir / "logs.json").read_text().splitlines() if (workdir / "logs.json").exists() else []
-    ):
-        for r in json.loads(line)["resourceLogs"]:
+    for batch in exported(workdir / "logs.json"):
+        for r in batch["resourceLogs"]:
             for s in r["scopeLogs"]:
                 logs += sum(
                     1
                     for rec in s["logRecords"]
                     if rec.get("body", {}).get("stringValue") == "stream.completed"
                 )
-    for line in (
-        (workdir / "metrics.json").read_text().splitlines()
-        if (workdir / "metrics.json").exists()
-        else []
-    ):
-        for r in json.loads(line)["resourceMetrics"]:
+    for batch in exported(workdir / "metrics.json"):
+        for r in batch["resourceMetrics"]:
             for s in r["scopeMetrics"]:
                 for m in s["metrics"]:
                     if m["name"] == "thunkscope.stream.duration":
