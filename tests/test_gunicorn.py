@@ -182,6 +182,14 @@ class TestGunicornWorkers:
         victim = min(worker_pids(master) - {stalled_pid})
         victim_file = runtime_dir / "thunkscope" / f"{victim}.json"
         assert victim_file.exists()
+        # Its warm-up span must be exported before the kill, or its id never reaches rotel.
+        (victim_id,) = [r["service_instance_id"] for r in rows if r["pid"] == victim]
+
+        def victim_exported() -> bool:
+            spans = rotel.spans_named(names.SPAN_SEND_TO_QUEUE)
+            return any(s["resource"]["service.instance.id"] == victim_id for s in spans)
+
+        rotel.wait_for(victim_exported)
         os.kill(victim, signal.SIGKILL)
 
         def replaced() -> list[dict[str, Any]] | None:
