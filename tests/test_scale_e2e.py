@@ -34,7 +34,8 @@ from support import scale_workload as work
 from support.loopback import free_port
 from support.otelcol import collector, collector_binary, validate
 from support.stack_prometheus import PrometheusAPI, prometheus
-from support.stack_tools import poll, require_binary
+from support.stack_tools import require_binary
+from support.waiting import until_sync
 from thunkscope import _telemetry, names
 
 #: The workload: healthy streams enough for a tight binomial bound, every interesting kind.
@@ -268,10 +269,6 @@ def poll_until(
 ) -> None:
     """Wait for `condition` within WAIT_S; on a timeout, show the collectors' output."""
     try:
-        poll(lambda: condition() or _not_yet(what), timeout=WAIT_S, what=what)
-    except AssertionError as error:
+        until_sync(condition, within=WAIT_S, what=what)
+    except TimeoutError as error:
         raise AssertionError(f"{error}; last seen {state}\n{stack.output()}") from None
-
-
-def _not_yet(what: str) -> None:
-    raise OSError(f"not yet: {what}")

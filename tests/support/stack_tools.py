@@ -1,4 +1,4 @@
-"""Finding the stack's real programs, free ports, subprocesses and polling, for tests/test_stack.py.
+"""Finding the stack's real programs, free ports and subprocesses, for tests/test_stack.py.
 
 The programs (`docker-compose`, `prometheus`, `promtool`) are looked up on PATH, then in
 `<repo>/.tools/bin`, where `scripts/install-stack-tools.sh` puts what no package manager
@@ -12,25 +12,20 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from support.loopback import free_port as free_port  # re-exported: test_stack imports it here
+from support.waiting import poll as poll  # re-exported: the stack tests import it here
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 INSTALLER = "bash scripts/install-stack-tools.sh"
 
-T = TypeVar("T")
-
-# Longest single sleep while polling: tests never sleep for long in one call.
-POLL_INTERVAL = 0.25
 # How long a started program may take to answer its readiness probe: generous, so that only
 # a program that really does not come up reaches it, however loaded the machine is.
 READY_TIMEOUT_S = 60.0
@@ -57,18 +52,6 @@ def require_binary(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
-
-
-def poll(check: Callable[[], T], *, timeout: float, what: str) -> T:
-    """Calls `check` until it returns without AssertionError or OSError; re-raises at timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except (AssertionError, OSError) as error:
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{what}: still failing after {timeout:.0f} s") from error
-        time.sleep(POLL_INTERVAL)
 
 
 def http_get(url: str, timeout: float = 2.0) -> bytes:

@@ -1,4 +1,4 @@
-"""Waiting on a condition instead of sleeping: the one poll loop the tests share.
+"""Waiting on a condition instead of sleeping: the poll loops the tests share.
 
 A fixed sleep before using something is a guess at how fast the machine is, and a busy
 machine outruns it. These wait until the condition holds, with a deadline generous enough
@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 #: How long a condition may take before the test fails: minutes of load, not milliseconds.
 DEADLINE_S = 30.0
@@ -42,3 +45,17 @@ def until_sync(
     while not condition():
         _expired(deadline, what, within)
         time.sleep(POLL_S)
+
+
+def poll(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.25) -> T:
+    """Call `check` until it returns instead of raising AssertionError or OSError (a program
+    not answering yet), and return its result. The check's own assertion is the failure, so
+    at the deadline its last AssertionError (or OSError, as cause) is what the test reports."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, OSError) as error:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what}: still failing after {timeout:g} s") from error
+        time.sleep(interval)
