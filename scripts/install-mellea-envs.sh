@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The environments the mellea instrumentation is tested in: .venv-mellea08 (mellea 0.8.0,
-# the thunk calling convention) and .venv-mellea07 (mellea 0.7.0, the queue convention).
+# the thunk calling convention), .venv-mellea07 (mellea 0.7.0, the queue convention with
+# chunk_timeout) and .venv-mellea06 (mellea 0.6.0, the queue convention without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-for pair in 08:0.8.0 07:0.7.0; do
+for pair in 08:0.8.0 07:0.7.0 06:0.6.0; do
   tag="${pair%%:*}"
   version="${pair##*:}"
   venv=".venv-mellea${tag}"

@@ -157,6 +157,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("mellea") and not have:
             item.add_marker(pytest.mark.skip(reason="needs mellea: run scripts/test.sh"))
+        if item.get_closest_marker("mellea07plus") and version.startswith("0.6"):
+            item.add_marker(pytest.mark.skip(reason="needs mellea 0.7+: run scripts/test.sh"))
         if item.get_closest_marker("mellea08") and not version.startswith("0.8"):
             item.add_marker(pytest.mark.skip(reason="needs mellea 0.8: run scripts/test.sh"))
         if item.get_closest_marker("without_mellea") and have:

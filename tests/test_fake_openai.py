@@ -281,6 +281,7 @@ class TestWithMellea:
         (request,) = fake_openai.requests_to("/v1/chat/completions")
         assert "stream" not in request.body
 
+    @pytest.mark.mellea07plus
     def test_stall_hits_mellea_stream_timeout(self, session: Any) -> None:
         """A stall longer than STREAM_TIMEOUT ends in mellea's own TimeoutError."""
         from mellea.backends import ModelOption

@@ -1,7 +1,8 @@
 """Tests of `thunkscope.instrumentation.MelleaInstrumentor` against the real mellea package.
 
 Run them in a mellea environment (``.venv-mellea08`` for mellea 0.8.0, ``.venv-mellea07``
-for 0.7.0); in the main environment, which has no mellea, only the import and
+for 0.7.0, ``.venv-mellea06`` for 0.6.0, where tests marked ``mellea07plus`` do not
+apply); in the main environment, which has no mellea, only the import and
 "mellea is missing" tests run and the rest are skipped. A real mellea session on its
 OpenAI backend streams from the loopback server of `support.fake_openai`.
 """
@@ -37,6 +38,8 @@ from thunkscope.instrumentation._mellea import INSTALL_HINT
 
 HAVE_MELLEA = importlib.util.find_spec("mellea") is not None
 needs_mellea = pytest.mark.mellea  # CI runs these in the mellea environments
+# not in .venv-mellea06: 0.6 has no chunk_timeout, and no current session span
+needs_07plus = pytest.mark.mellea07plus
 
 HELPER_NAMES = ("send_to_queue", "wait_for_all_mots", "get_current_event_loop")
 CACHE_METHODS = ("get", "put", "get_or_create", "_put_locked")
@@ -104,8 +107,26 @@ def _is_08() -> bool:
 def _options(**extra: Any) -> dict[Any, Any]:
     from mellea.backends import ModelOption
 
-    options = {"stream": ModelOption.STREAM, "timeout": ModelOption.STREAM_TIMEOUT}
-    return {ModelOption.STREAM: True, **{options[k]: v for k, v in extra.items()}}
+    # Looked up only when asked for: mellea 0.6 has no STREAM_TIMEOUT.
+    options = {"stream": "STREAM", "timeout": "STREAM_TIMEOUT"}
+    return {
+        ModelOption.STREAM: True,
+        **{getattr(ModelOption, options[k]): v for k, v in extra.items()},
+    }
+
+
+def _has_chunk_timeout() -> bool:
+    from mellea.helpers import async_helpers
+
+    original = inspect.unwrap(async_helpers.send_to_queue)
+    return "chunk_timeout" in inspect.signature(original).parameters
+
+
+def _timeout(chunk_timeout: float | None) -> dict[str, Any]:
+    """`chunk_timeout=` where the release has it (0.7 on); mellea 0.6's call takes none.
+
+    Tests whose outcome depends on the timeout are marked ``mellea07plus`` instead."""
+    return {"chunk_timeout": chunk_timeout} if _has_chunk_timeout() else {}
 
 
 def _wait_spans(telemetry: Any, name: str, count: int = 1) -> list[ReadableSpan]:
@@ -462,6 +483,7 @@ class TestStreams:
         assert warning["items"] == 1
         assert warning["mellea_request_id"] == dict(span.attributes or {})[ids.REQUEST_ID]
 
+    @needs_07plus
     def test_mellea_stream_timeout(
         self, session: Any, telemetry: Any, merged_logs: list[Any]
     ) -> None:
@@ -634,6 +656,7 @@ class TestStreams:
         assert dict(record.attributes or {})["error_type"] == "InternalServerError"
         assert dict(record.attributes or {})["stream"] == "mellea.openai"
 
+    @needs_07plus
     def test_after_uninstrument_nothing_is_recorded(
         self, mellea: Any, telemetry: Any, fake_openai: FakeOpenAI
     ) -> None:
@@ -802,6 +825,7 @@ async def _coroutine(value: Any) -> Any:
     return value
 
 
+STALL_SCRIPT = "stall past chunk_timeout"
 SCRIPTS: dict[str, Callable[[], Any]] = {
     "items": lambda: _items(["a", "b", "c"]),
     "coroutine of items": lambda: _coroutine(_items(["a", "b"], gap=0.01)),
@@ -809,7 +833,7 @@ SCRIPTS: dict[str, Callable[[], Any]] = {
     "coroutine fails": lambda: _coroutine(ValueError("no response")),
     "iterator fails": lambda: _items(["a"], fail=KeyError("midway")),
     "backend's own TimeoutError": lambda: _items(["a"], fail=TimeoutError("backend")),
-    "stall past chunk_timeout": lambda: _items(["a"], stall=0.3),
+    STALL_SCRIPT: lambda: _items(["a"], stall=0.3),
 }
 
 
@@ -825,13 +849,20 @@ async def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
         seen.append(item)
 
 
-async def _run(function: Any, source: Any, *, maxsize: int = 0, **kwargs: Any) -> list[Any]:
+def _target(queue: asyncio.Queue[Any]) -> Any:
+    """What the installed mellea's send_to_queue takes: the queue (0.6, 0.7) or a thunk (0.8)."""
+    if not _is_08():
+        return queue
     from mellea.core import ModelOutputThunk
 
     mot = ModelOutputThunk(None)
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize)
     mot._gen.queue = queue
-    target = mot if _is_08() else queue
+    return mot
+
+
+async def _run(function: Any, source: Any, *, maxsize: int = 0, **kwargs: Any) -> list[Any]:
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize)
+    target = _target(queue)
     task = asyncio.create_task(function(source, target, **kwargs))
     seen = await _drain(queue)
     await task
@@ -842,7 +873,13 @@ async def _run(function: Any, source: Any, *, maxsize: int = 0, **kwargs: Any) -
 class TestDirectCalls:
     """mellea's helpers called directly, instrumented: mellea's behaviour, thunkscope's record."""
 
-    @pytest.mark.parametrize("script", sorted(SCRIPTS))
+    @pytest.mark.parametrize(
+        "script",
+        [
+            pytest.param(name, marks=needs_07plus) if name == STALL_SCRIPT else name
+            for name in sorted(SCRIPTS)
+        ],
+    )
     async def test_same_queue_as_mellea(
         self, script: str, instrumented: MelleaInstrumentor, telemetry: Any
     ) -> None:
@@ -851,14 +888,14 @@ class TestDirectCalls:
 
         wrapped = async_helpers.send_to_queue
         original = wrapped.__wrapped__
-        expected = await _run(original, SCRIPTS[script](), chunk_timeout=0.15)
-        observed = await _run(wrapped, SCRIPTS[script](), chunk_timeout=0.15)
+        expected = await _run(original, SCRIPTS[script](), **_timeout(0.15))
+        observed = await _run(wrapped, SCRIPTS[script](), **_timeout(0.15))
         assert observed == expected
         (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
         outcome = dict(span.attributes or {})[names.STREAM_OUTCOME]
         if expected[-1] is None:
             assert outcome == "completed"
-        elif script == "stall past chunk_timeout":
+        elif script == STALL_SCRIPT:
             assert outcome == "timeout"
         else:
             assert outcome == "error"
@@ -878,7 +915,7 @@ class TestDirectCalls:
             tracer_provider=telemetry.tracer_provider, meter_provider=BrokenMeterProvider()
         )
         before = trace_api.get_current_span()
-        seen = await _run(async_helpers.send_to_queue, SCRIPTS["items"](), chunk_timeout=1.0)
+        seen = await _run(async_helpers.send_to_queue, SCRIPTS["items"](), **_timeout(1.0))
         assert seen == ["a", "b", "c", None]
         assert trace_api.get_current_span() is before
         assert [s for s in inflight() if s["name"] == "mellea"] == []
@@ -908,13 +945,10 @@ class TestDirectCalls:
         self, instrumented: MelleaInstrumentor, telemetry: Any
     ) -> None:
         """Time mellea's producer spends blocked on a full queue is put wait, not a gap."""
-        from mellea.core import ModelOutputThunk
         from mellea.helpers import async_helpers
 
-        mot = ModelOutputThunk(None)
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
-        mot._gen.queue = queue
-        target = mot if _is_08() else queue
+        target = _target(queue)
         task = asyncio.create_task(async_helpers.send_to_queue(_items(["a", "b", "c"]), target))
         slow = 0.05  # the consumer's pause before each get
         seen = []
@@ -937,13 +971,11 @@ class TestDirectCalls:
         self, instrumented: MelleaInstrumentor, telemetry: Any
     ) -> None:
         """Cancelling mellea's producer task (as cancel_generation does) is outcome cancelled."""
-        from mellea.core import ModelOutputThunk
         from mellea.helpers import async_helpers
 
-        mot = ModelOutputThunk(None)
-        target = mot if _is_08() else mot._gen.queue
+        target = _target(asyncio.Queue())
         task = asyncio.create_task(
-            async_helpers.send_to_queue(_items(["a"], hang=True), target, chunk_timeout=None)
+            async_helpers.send_to_queue(_items(["a"], hang=True), target, **_timeout(None))
         )
         await asyncio.sleep(0.05)
         task.cancel()
@@ -1016,7 +1048,15 @@ with mellea.start_session(
 
 
 # mellea's own tracing on, its spans exported over OTLP like thunkscope's.
-MELLEA_OWN_TRACING = {"MELLEA_TRACES_ENABLED": "true", "MELLEA_TRACES_OTLP": "true"}
+# mellea 0.6 names its switch and its session span differently (MELLEA_TRACE_APPLICATION,
+# "session_context"), and exports to OTEL_EXPORTER_OTLP_ENDPOINT once it is on.
+def _mellea_own_tracing() -> tuple[dict[str, str], str]:
+    """The environment that turns mellea's own tracing on, and its session span's name."""
+    from importlib.metadata import version
+
+    if version("mellea").startswith("0.6."):
+        return {"MELLEA_TRACE_APPLICATION": "true"}, "session_context"
+    return {"MELLEA_TRACES_ENABLED": "true", "MELLEA_TRACES_OTLP": "true"}, "session"
 
 
 def _instrument_command() -> list[str]:
@@ -1087,13 +1127,17 @@ class TestAutoInstrumentation:
             {names.STREAM_NAME: "mellea.openai", names.STREAM_OUTCOME: "completed"},
         )
 
+    # mellea 0.6 does not keep its session span current inside the session: its own
+    # per-call spans (aact) are roots there too, so nothing can be the session's child.
+    @needs_07plus
     def test_children_of_mellea_session_span(
         self, tmp_path: Path, rotel: Any, fake_openai: FakeOpenAI
     ) -> None:
         """With mellea's own tracing on, the producer span is a child of mellea's session span."""
-        self._run(tmp_path, rotel, fake_openai.base_url, **MELLEA_OWN_TRACING)
+        own_tracing, session_span = _mellea_own_tracing()
+        self._run(tmp_path, rotel, fake_openai.base_url, **own_tracing)
         (stream,) = rotel.wait_for_spans(1, name=names.SPAN_SEND_TO_QUEUE)
-        (mellea_session,) = rotel.wait_for_spans(1, name="session")
+        (mellea_session,) = rotel.wait_for_spans(1, name=session_span)
         assert mellea_session["scope_name"] == "mellea.application"
         assert stream["trace_id"] == mellea_session["trace_id"]
         assert stream["parent_span_id"] == mellea_session["span_id"]
@@ -1102,12 +1146,13 @@ class TestAutoInstrumentation:
         self, tmp_path: Path, rotel: Any, fake_openai: FakeOpenAI
     ) -> None:
         """OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=mellea leaves mellea uninstrumented."""
+        own_tracing, session_span = _mellea_own_tracing()
         self._run(
             tmp_path,
             rotel,
             fake_openai.base_url,
             OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="mellea,structlog",
-            **MELLEA_OWN_TRACING,
+            **own_tracing,
         )
-        rotel.wait_for_spans(1, name="session")  # the pipeline delivered mellea's spans
+        rotel.wait_for_spans(1, name=session_span)  # the pipeline delivered mellea's spans
         assert [s for s in rotel.spans() if s["scope_name"] == "thunkscope"] == []

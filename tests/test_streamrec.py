@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from conftest import Telemetry, in_memory_telemetry
 from thunkscope import _inflight, _telemetry, names, send_to_queue, testing
 
-pytestmark = pytest.mark.mellea
+# mellea's original must time out the hanging scripts: 0.7 on (0.6 has no chunk_timeout).
+pytestmark = [pytest.mark.mellea, pytest.mark.mellea07plus]
 
 NAME = "rec"
 TIMEOUT = 0.25  # chunk_timeout where a script hangs; every other wait is 0-2 ms
