@@ -48,6 +48,37 @@ class TestExporters:
             exporter.shutdown()
 
 
+class TestExportWindow:
+    @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+    def test_each_otlp_exporter_retries_within_its_signals_window(
+        self, monkeypatch: pytest.MonkeyPatch, protocol: Protocol
+    ) -> None:
+        """The real OTLP exporters get 10 s by default (the SDK's own), and the per-signal
+        variable over OTEL_EXPORTER_OTLP_TIMEOUT: the window a collector restart fits in."""
+        for variable in ("TRACES", "METRICS", "LOGS"):
+            monkeypatch.delenv(f"OTEL_EXPORTER_OTLP_{variable}_TIMEOUT", raising=False)
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_TIMEOUT", raising=False)
+
+        def windows() -> list[float]:
+            exporters = Exporters(protocol, "http://127.0.0.1:1", {})
+            made = [exporters.spans(), exporters.metrics(), exporters.logs()]
+            try:
+                # gRPC keeps the window on the exporter, HTTP on its client.
+                inner = [
+                    getattr(e._inner, "_client", None) if protocol != "grpc" else e._inner
+                    for e in made
+                ]
+                return [float(i._timeout) for i in inner]
+            finally:
+                for exporter in made:
+                    exporter.shutdown()
+
+        assert windows() == [10.0, 10.0, 10.0]
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "25")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "2")
+        assert windows() == [25.0, 2.0, 25.0]
+
+
 SIGNAL_VARIABLES = {
     "spans": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "metrics": "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",

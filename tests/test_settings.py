@@ -80,6 +80,7 @@ class TestEnvironment:
             ("protocol", " grpc ", "grpc"),
             ("endpoint", "http://collector:4318", "http://collector:4318"),
             ("sdk_disabled", "true", True),
+            ("export_timeout", " 2.5 ", 2.5),
         ],
     )
     def test_parsed(
@@ -105,6 +106,9 @@ class TestEnvironment:
             ("stall_after", "soon", "not a number of seconds"),
             ("content_limit", "-4", "not a positive integer"),
             ("name_limit", "many", "not a positive integer"),
+            ("export_timeout", "0", "not a positive number of seconds"),
+            ("export_timeout", "inf", "not a positive number of seconds"),
+            ("export_timeout", "10s", "not a number of seconds"),
         ],
     )
     def test_unparsable_warns_and_keeps_the_default(
@@ -130,6 +134,49 @@ class TestEnvironment:
         clean_environment.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         assert _settings.resolve("protocol", None) == "grpc"
         assert _settings.resolve("protocol", "http/protobuf") == "http/protobuf"
+
+
+class TestExportTimeout:
+    """The window an OTLP export may retry within, per signal."""
+
+    @pytest.fixture
+    def no_signal_timeouts(self, clean_environment: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+        """Neither the general nor a per-signal timeout variable set."""
+        for signal in ("TRACES", "METRICS", "LOGS"):
+            clean_environment.delenv(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT", raising=False)
+        return clean_environment
+
+    def test_the_default_is_the_otel_exporters_10_s(
+        self, no_signal_timeouts: pytest.MonkeyPatch
+    ) -> None:
+        """Unset, every signal gets 10 s, the OTel exporters' own default."""
+        assert [_settings.export_timeout_s(s) for s in ("traces", "metrics", "logs")] == [
+            10.0,
+            10.0,
+            10.0,
+        ]
+
+    def test_a_signals_own_variable_wins(self, no_signal_timeouts: pytest.MonkeyPatch) -> None:
+        """OTEL_EXPORTER_OTLP_LOGS_TIMEOUT sets the logs' window; the others keep the general."""
+        no_signal_timeouts.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "20")
+        no_signal_timeouts.setenv("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "4.5")
+        assert [_settings.export_timeout_s(s) for s in ("traces", "metrics", "logs")] == [
+            20.0,
+            20.0,
+            4.5,
+        ]
+
+    def test_a_bad_signal_variable_warns_and_falls_back(
+        self, no_signal_timeouts: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An unparsable per-signal value is one warning naming it; the general one stands."""
+        no_signal_timeouts.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "7")
+        no_signal_timeouts.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "-1")
+        with caplog.at_level(logging.WARNING, logger="thunkscope"):
+            assert _settings.export_timeout_s("traces") == 7.0
+        assert [r.getMessage() for r in caplog.records] == [
+            "ignoring OTEL_EXPORTER_OTLP_TRACES_TIMEOUT='-1': not a positive number of seconds"
+        ]
 
 
 class TestCheckers:

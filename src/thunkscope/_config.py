@@ -43,7 +43,6 @@ from thunkscope import _events as events
 from thunkscope import names
 from thunkscope._debug_server import serve_debug_in_every_process
 from thunkscope._export import (
-    EXPORT_TIMEOUT_S,
     Exporters,
     ExportHealth,
     Protocol,
@@ -287,7 +286,7 @@ def configure(
                 max_queue_size=SPAN_QUEUE_SIZE,
                 max_export_batch_size=SPAN_BATCH_SIZE,
                 schedule_delay_millis=1000,
-                export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
+                export_timeout_millis=exporters.timeouts["traces"] * 1000,
             )
         )
         for processor in args.span_processors:
@@ -301,7 +300,7 @@ def configure(
         reader = PeriodicExportingMetricReader(
             exporters.metrics(),
             export_interval_millis=args.metric_export_interval_s * 1000,
-            export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
+            export_timeout_millis=exporters.timeouts["metrics"] * 1000,
         )
         meter_provider = MeterProvider(
             resource=resource,
@@ -320,7 +319,7 @@ def configure(
                 exporters.logs(),
                 max_queue_size=LOG_QUEUE_SIZE,
                 max_export_batch_size=LOG_BATCH_SIZE,
-                export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
+                export_timeout_millis=exporters.timeouts["logs"] * 1000,
             )
         )
         logs_api.set_logger_provider(logger_provider)

@@ -34,15 +34,15 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from thunkscope import _probes as probes
 from thunkscope import names
-from thunkscope._settings import from_environment
+from thunkscope._settings import export_timeout_s, from_environment
 
 Protocol = Literal["http/protobuf", "grpc"]
 
 _log = logging.getLogger(names.LOGGER_NAME)
 T = TypeVar("T")
 
-EXPORT_TIMEOUT_S: Final = 3.0
 EXPORT_WARNING_INTERVAL_S: Final = 300.0
+SIGNALS: Final = ("traces", "metrics", "logs")
 
 
 # --- one warning per export-failure episode ---------------------------------------------------
@@ -322,6 +322,8 @@ class Exporters:
         self.headers = headers or None
         described = self.base or from_environment("endpoint")
         self.health = ExportHealth(described or "the default OTLP endpoint")
+        self.timeouts = {signal: export_timeout_s(signal) for signal in SIGNALS}
+        """Seconds each signal's export may take, retries included (`export_timeout_s`)."""
 
     def spans(self) -> SpanExporter:
         return _GuardedSpanExporter(self._otlp("traces"), self.health)
@@ -343,7 +345,9 @@ class Exporters:
                 importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{module}"), name
             )
             endpoint = None if self.base is None else f"{self.base}/v1/{signal}"
-        return exporter_class(endpoint=endpoint, headers=self.headers, timeout=EXPORT_TIMEOUT_S)
+        return exporter_class(
+            endpoint=endpoint, headers=self.headers, timeout=self.timeouts[signal]
+        )
 
 
 # signal -> (module under opentelemetry.exporter.otlp.proto.{http,grpc}, exporter class)

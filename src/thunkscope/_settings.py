@@ -36,6 +36,10 @@ DEFAULT_CONTENT_LIMIT: Final = 256
 DEFAULT_NAME_LIMIT: Final = 100
 """Distinct stream names, and distinct cache names, that may label metrics."""
 
+DEFAULT_EXPORT_TIMEOUT_S: Final = 10.0
+"""Seconds one OTLP export may take, retries included: the OTel exporters' own default, so
+a collector (or per-host agent) restart shorter than that loses nothing."""
+
 SPAN_MODES: Final = ("all", "in_trace")
 PROTOCOLS: Final = ("http/protobuf", "grpc")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
@@ -64,6 +68,17 @@ def parse_seconds_or_off(raw: str) -> float | None:
     except ValueError:
         raise Unparsed("not a number of seconds") from None
     return value if value > 0 else None
+
+
+def parse_positive_seconds(raw: str) -> float:
+    """A finite number of seconds above 0."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise Unparsed("not a number of seconds") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise Unparsed("not a positive number of seconds")
+    return value
 
 
 def parse_positive_int(raw: str) -> int:
@@ -180,6 +195,17 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         shown_default="the OTLP exporters' default",
     ),
     Setting(
+        "export_timeout",
+        ("OTEL_EXPORTER_OTLP_TIMEOUT",),
+        parse_positive_seconds,
+        DEFAULT_EXPORT_TIMEOUT_S,
+        "seconds each OTLP export of `configure()` keeps retrying before its batch is dropped "
+        "(seconds, as OTel Python reads it); the per-signal "
+        "`OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT` win over it; `shutdown()` stays bounded by its "
+        "own timeout",
+        shown_default="10 s",
+    ),
+    Setting(
         "debug_server",
         ("THUNKSCOPE_DEBUG_SERVER",),
         parse_flag,
@@ -247,6 +273,24 @@ def resolve(name: str, argument: object) -> Any:
     """The one precedence: the argument if given (not None), else the environment, else
     the default."""
     return from_environment(name) if argument is None else argument
+
+
+def export_timeout_s(signal: str) -> float:
+    """Seconds one OTLP export of `signal` may take, its retries included.
+
+    ``OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT``, else the `export_timeout` setting
+    (``OTEL_EXPORTER_OTLP_TIMEOUT``, default 10 s, the OTel exporters' own). It is the
+    window in which a collector (or per-host agent) may restart without a batch being
+    lost; `shutdown()` is bounded separately, so a longer window never delays the exit.
+    """
+    variable = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
+    raw = os.environ.get(variable)
+    if raw is not None and raw.strip():
+        try:
+            return parse_positive_seconds(raw)
+        except Unparsed as exc:
+            _log.warning("ignoring %s=%r: %s", variable, raw, exc)
+    return float(from_environment("export_timeout"))
 
 
 def readme_table() -> str:
