@@ -15,11 +15,14 @@ bash scripts/install-mellea-envs.sh
 # the markers select what each release can run, so every test runs somewhere and none is
 # skipped.
 .venv/bin/python -m pytest -m "not mellea and not mellea08" "$@"
-mellea_tests=(tests/test_instrumentation_mellea.py tests/test_fake_openai.py tests/test_streamrec.py)
+mellea_tests=(tests/test_instrumentation_mellea.py tests/test_fake_openai.py tests/test_streamrec.py
+  tests/test_mellea_suites_plugin.py)
 .venv-mellea08/bin/python -m pytest -m "mellea" "${mellea_tests[@]}" "$@"
 .venv-mellea07/bin/python -m pytest -m "mellea and not mellea08" "${mellea_tests[@]}" "$@"
 .venv-mellea06/bin/python -m pytest -m "mellea and not mellea08 and not mellea07plus" \
   "${mellea_tests[@]}" "$@"
+# mellea's own test suites with thunkscope's instrumentor on, per release and mode.
+bash scripts/test-mellea-suites.sh
 
 # The core suite again on CPython 3.12 and 3.13 (each in its own venv) where they are installed.
 bash scripts/test-other-pythons.sh "$@"

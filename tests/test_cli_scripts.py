@@ -136,7 +136,7 @@ class TestVenvPackage:
 
     def test_mellea_envs_install_the_venv_package(self, machine: Path) -> None:
         """install-mellea-envs.sh creates its venvs from .venv's Python, which needs the
-        same package; it installs it, then both mellea environments."""
+        same package; it installs it, then the three mellea environments."""
         venv = machine / "repo" / ".venv"
         (venv / "bin").mkdir(parents=True)
         executable(venv / "bin" / "python", FAKE_PYTHON)
@@ -145,7 +145,7 @@ class TestVenvPackage:
         assert result.returncode == 0, result.stderr
         (install,) = apt_installs(calls)
         assert install.split()[-2:] == ["python3.11-venv", "python3-venv"]
-        for tag in ("08", "07"):
+        for tag in ("08", "07", "06"):
             assert (machine / "repo" / f".venv-mellea{tag}" / "pip-installed").exists()
 
         again, calls = run(machine, "install-mellea-envs.sh")
