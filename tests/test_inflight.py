@@ -83,7 +83,7 @@ class TestSnapshot:
             "backend_type": "hanging_tokens",
         }
         functions = [line.rsplit(" in ", 1)[1] for line in stack]
-        assert functions[:2] == ["send_to_queue", "_pump"]
+        assert functions[:3] == ["send_to_queue", "run_stream", "_pump"]
         assert functions[-2:] == ["hanging_tokens", "wait"]
         assert stack[-2].startswith(f"{__file__}:")
         release.set()

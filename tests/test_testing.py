@@ -65,6 +65,7 @@ class TestVirtualTime:
         frames = events[1][1].pop(names.STREAM_PRODUCER_STACK)
         assert [frame.rsplit(" in ", 1)[1] for frame in frames] == [
             "send_to_queue",
+            "run_stream",
             "_pump",
             "gappy",
         ]

@@ -84,6 +84,7 @@ class TestStallWarning:
         assert [frame.rsplit(" in ", 1)[1] for frame in frames] == [
             "test_one_warning_per_gap_then_resume",
             "send_to_queue",
+            "run_stream",
             "_pump",
             "gappy",
         ]

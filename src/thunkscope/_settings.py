@@ -242,6 +242,15 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         shown_default="`<temp dir>/thunkscope-<uid>` (mode 0700)",
     ),
     Setting(
+        "mellea_fast_path",
+        ("THUNKSCOPE_MELLEA_FAST_PATH",),
+        parse_flag,
+        False,
+        "`MelleaInstrumentor` serves mellea's `send_to_queue` with thunkscope's own stream loop "
+        "(its `instrument(fast_path=...)` wins)",
+        shown_default="off",
+    ),
+    Setting(
         "sdk_disabled",
         ("OTEL_SDK_DISABLED",),
         parse_flag,

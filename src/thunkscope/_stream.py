@@ -100,15 +100,78 @@ async def send_to_queue(
         return
 
     run = open_stream(name, aqueue, timeout=timeout, stall_after=stall)
-    watch = run.watch
+    end = StreamEnd()
+    try:
+        await run_stream(co, aqueue, run.watch, end, on_timeout=on_timeout)
+    finally:
+        close_stream(run, end.mode, end.outcome, end.error)
+
+
+class StreamEnd:
+    """How a stream ended, filled in by `run_stream` as it happens, read by its close."""
+
+    __slots__ = ("error", "mode", "outcome")
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.outcome: str = names.OUTCOME_COMPLETED
+        self.error: BaseException | None = None
+
+
+class Edges:
+    """What a stream does at its edges: thunkscope's own rules, per SPEC section 1.
+
+    The loop is the same for every front end; what differs between thunkscope's
+    `send_to_queue` and the mellea releases it stands in for (the mellea
+    instrumentation's fast path subclasses this) is only what happens at the edges:
+    which object is iterated and closed, the timeout's exception, how ``on_timeout``
+    and the close are called, and whether an item that arrives after the deadline's
+    cancel was swallowed by the backend ends the stream (here) or goes on (mellea's
+    per-chunk ``asyncio.timeout`` lets it through).
+    """
+
+    forgive_late = False
+
+    def iterator(self, response: AsyncIterator[Any]) -> tuple[AsyncIterator[Any], Any]:
+        """What the loop iterates (``async for``), and what a timeout closes."""
+        return response, response
+
+    def timeout_error(self, timeout: float | None) -> BaseException:
+        """The exception a consumer gets when chunk_timeout expires."""
+        return _timeout_error(timeout)
+
+    async def notify(self, on_timeout: Callable[[], object], watch: StreamWatch) -> None:
+        """Tell the backend its stream timed out."""
+        await _call_quietly(on_timeout, watch, events.ERROR, names.LOG_STREAM_ON_TIMEOUT_FAILED)
+
+    async def close(self, iterator: Any, watch: StreamWatch) -> None:
+        """Close a stalled iterator so its connection is released; never raise."""
+        await _close_iterator(iterator, watch)
+
+
+THUNKSCOPE_EDGES: Final = Edges()
+
+
+async def run_stream(
+    co: Any,
+    aqueue: Any,
+    watch: StreamWatch,
+    end: StreamEnd,
+    *,
+    on_timeout: Callable[[], object] | None,
+    edges: Edges = THUNKSCOPE_EDGES,
+    on_item: Callable[[], object] | None = None,
+) -> None:
+    """Feed one opened stream into `aqueue`, noting in `end` how it ended.
+
+    The caller opened the stream (`open_stream`) and closes it with `end`. `on_item`,
+    if given, is called for each item before it is put (a front end's own per-item
+    bookkeeping); `edges` are the rules at the stream's edges.
+    """
     # Cancel requests the task had before this stream: the deadline's own cancel is told
     # apart from any other by the count coming back to this (as asyncio.timeout does).
     cancelling = 0 if watch.task is None else watch.task.cancelling()
-
-    mode: str | None = None
-    outcome = names.OUTCOME_COMPLETED
-    error: BaseException | None = None
-    response: Any = None
+    closable: Any = None
     try:
         if isinstance(co, Coroutine):  # only a response still to come needs watching
             watch.backend_type = backend_type_of(co)
@@ -118,11 +181,12 @@ async def send_to_queue(
             response = co
         watch.backend_type = backend_type_of(response)
         if isinstance(response, AsyncIterator):
-            mode = names.MODE_ITERATOR
+            end.mode = names.MODE_ITERATOR
+            iterator, closable = edges.iterator(response)
             watch.start_iterating(telemetry.clock())
-            await _pump(response, aqueue, watch)
+            await _pump(iterator, aqueue, watch, edges.forgive_late, on_item)
         else:
-            mode = names.MODE_SINGLE
+            end.mode = names.MODE_SINGLE
             watch.note_item(telemetry.clock())
             watch.items = 1
             if not _put_at_once(aqueue, response):
@@ -134,43 +198,51 @@ async def send_to_queue(
     except asyncio.CancelledError as exc:
         task = watch.task
         if not (watch.expired and task is not None and task.uncancel() <= cancelling):
-            outcome, error = names.OUTCOME_CANCELLED, exc
+            end.outcome, end.error = names.OUTCOME_CANCELLED, exc
             raise
-        outcome = names.OUTCOME_TIMEOUT
-        error = _timeout_error(timeout)
+        end.outcome = names.OUTCOME_TIMEOUT
+        end.error = error = edges.timeout_error(watch.timeout)
         watch.disarm()  # the deadline must not fire again while the iterator is closed
         try:
-            await _on_stream_timeout(watch, aqueue, error, on_timeout)
+            add_timeout(watch, watch.timeout or 0.0)
+            if on_timeout is not None:
+                await edges.notify(on_timeout, watch)
+            await watch.put(aqueue, error)
         except asyncio.CancelledError as cancelled:
             # Cancelled before the TimeoutError reached the queue: the consumer got nothing.
-            outcome, error = names.OUTCOME_CANCELLED, cancelled
+            end.outcome, end.error = names.OUTCOME_CANCELLED, cancelled
             raise
-        await _close_iterator(response, watch)
+        await edges.close(closable, watch)
     except Exception as exc:
-        outcome, error = names.OUTCOME_ERROR, exc
+        end.outcome, end.error = names.OUTCOME_ERROR, exc
         watch.disarm()
         try:
             await watch.put(aqueue, exc)
         except asyncio.CancelledError as cancelled:
             # Cancelled while blocked on a full queue: the exception never got through.
-            outcome, error = names.OUTCOME_CANCELLED, cancelled
+            end.outcome, end.error = names.OUTCOME_CANCELLED, cancelled
             raise
         add_forwarded_error(watch, exc)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit, GeneratorExit: never kept
-        outcome, error = names.OUTCOME_ERROR, exc
+        end.outcome, end.error = names.OUTCOME_ERROR, exc
         raise
-    finally:
-        close_stream(run, mode, outcome, error)
 
 
 async def _pump(
-    iterator: AsyncIterator[Any], aqueue: asyncio.Queue[Any], watch: StreamWatch
+    iterator: AsyncIterator[Any],
+    aqueue: asyncio.Queue[Any],
+    watch: StreamWatch,
+    forgive_late: bool = False,
+    on_item: Callable[[], object] | None = None,
 ) -> None:
     """The hot loop: one clock read, a comparison and two stores per item.
 
     A backend may catch the deadline's cancel and end, send an item after all, or raise
     an error of its own: the deadline has expired all the same, so its CancelledError is
-    raised again for send_to_queue's timeout path (the late item is not put).
+    raised again for the timeout path (the late item is not put). With `forgive_late`
+    (mellea's rule) the swallowed cancel is withdrawn instead and the stream goes on:
+    the late item is put, the end is a normal end, the error is forwarded; only a
+    TimeoutError still counts as the deadline's.
     """
     put = aqueue.put
     # asyncio.Queue.put is "wait while full, then put_nowait": call put_nowait directly,
@@ -184,10 +256,18 @@ async def _pump(
             now = clock()
             if now - watch.last > watch.watermark:
                 if watch.expired:  # the expiry lowered the watermark: this item is too late
-                    break
-                watch.note_item(now)  # first item, a new longest gap, or the end of a stall
+                    if not forgive_late:
+                        break
+                    _withdraw_expiry(watch)
+                    watch.note_item(now)
+                    watch.last = now
+                    watch.arm()
+                else:
+                    watch.note_item(now)  # first item, a new longest gap, or a stall's end
             watch.last = now
             watch.items += 1
+            if on_item is not None:
+                on_item()
             if put_nowait is not None:
                 try:
                     put_nowait(item)
@@ -197,11 +277,26 @@ async def _pump(
                 await watch.blocked_put(put, item)
             else:
                 await put(item)
-    except Exception:
+    except Exception as exc:
         if not watch.expired:
             raise
+        if forgive_late and not isinstance(exc, TimeoutError):
+            _withdraw_expiry(watch)
+            raise
+    else:
+        if watch.expired and forgive_late:
+            _withdraw_expiry(watch)  # the iterator ended after all: a normal end
+            return
     if watch.expired:
         raise asyncio.CancelledError  # the deadline's, which the backend did not let through
+
+
+def _withdraw_expiry(watch: StreamWatch) -> None:
+    """The backend swallowed the deadline's cancel: take the request back, as
+    ``asyncio.timeout`` does on leaving its block, and watch the stream again."""
+    watch.expired = False
+    if watch.task is not None:
+        watch.task.uncancel()
 
 
 def _put_at_once(aqueue: Any, item: object) -> bool:
@@ -235,19 +330,6 @@ def _timeout_error(timeout: float | None) -> TimeoutError:
         "for the first item and the gaps between items. Raise the STREAM_TIMEOUT model "
         "option, or set it to None to turn this guard off."
     )
-
-
-async def _on_stream_timeout(
-    watch: StreamWatch,
-    aqueue: asyncio.Queue[Any],
-    error: TimeoutError,
-    on_timeout: Callable[[], object] | None,
-) -> None:
-    """The deadline expired: tell the backend, then the consumer (the caller closes)."""
-    add_timeout(watch, watch.timeout or 0.0)
-    if on_timeout is not None:
-        await _call_quietly(on_timeout, watch, events.ERROR, names.LOG_STREAM_ON_TIMEOUT_FAILED)
-    await watch.put(aqueue, error)
 
 
 async def _close_iterator(iterator: Any, watch: StreamWatch) -> None:

@@ -12,11 +12,16 @@ too. `uninstrument()` puts every original object back exactly.
 The wrappers call mellea's functions: mellea's behaviour stays its own (its calling
 convention, its ``chunk_timeout`` and ``on_timeout``, its queue protocol, its cache and
 client closing), with thunkscope's spans, metrics, logs and stall watch around it.
+With the fast path (``instrument(fast_path=True)`` or ``THUNKSCOPE_MELLEA_FAST_PATH=1``)
+``send_to_queue`` is instead served by thunkscope's own stream loop with the installed
+release's behaviour (`thunkscope.instrumentation._fast`), when the release and its
+function are ones it knows; otherwise it is wrapped as above, and one log line says why.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import pkgutil
@@ -34,8 +39,9 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 
 from thunkscope import names
+from thunkscope._settings import from_environment
 from thunkscope._telemetry import telemetry
-from thunkscope.instrumentation import _cache, _helpers
+from thunkscope.instrumentation import _cache, _fast, _helpers
 from thunkscope.instrumentation._naming import label_for_module
 from thunkscope.instrumentation._stream import make_send_to_queue_wrapper
 from thunkscope.instrumentation.package import _instruments
@@ -58,6 +64,8 @@ class _Patches:
 
     originals: dict[str, Any]
     default_timeout: float | None
+    # The release whose send_to_queue the fast path serves; None: wrapping mellea's own.
+    fast: _fast.Release | None = None
     # Modules are held weakly: a strong reference would keep mellea's modules alive into
     # interpreter teardown, where their globals are already None when mellea's own
     # finalizers (``_EventLoopHandler.__del__``) run.
@@ -70,6 +78,10 @@ class _Patches:
 
     def wrapper_for(self, module_name: str, attribute: str, original: Any) -> Any:
         """A wrapt proxy of `original`, as bound in `module_name`."""
+        if attribute == "send_to_queue" and self.fast is not None:
+            return _fast.make_fast_send_to_queue(
+                self.fast, original, label_for_module(module_name), self.default_timeout
+            )
         if attribute == "send_to_queue":
             return wrapt.FunctionWrapper(
                 original,
@@ -158,10 +170,28 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return _instruments
 
     def instrument(self, **kwargs: Any) -> Any:
-        """Instrument mellea; a clear `ModuleNotFoundError` if mellea is not installed."""
+        """Instrument mellea; a clear `ModuleNotFoundError` if mellea is not installed.
+
+        ``fast_path=True`` serves mellea's ``send_to_queue`` with thunkscope's own loop
+        where the installed release is one it knows (see `fast_path_active`);
+        ``False`` keeps mellea's loop, wrapped; unset (None), ``THUNKSCOPE_MELLEA_FAST_PATH``
+        decides (off by default).
+        """
+        fast_path = kwargs.get("fast_path")
+        if fast_path is not None and not isinstance(fast_path, bool):
+            raise TypeError(
+                f"fast_path must be True, False or None, got {type(fast_path).__name__} "
+                f"{fast_path!r}"
+            )
         if importlib.util.find_spec("mellea") is None:
             raise ModuleNotFoundError(INSTALL_HINT, name="mellea")
         return super().instrument(**kwargs)
+
+    @property
+    def fast_path_active(self) -> bool:
+        """Whether mellea's ``send_to_queue`` is being served by thunkscope's own loop."""
+        patches = _active
+        return patches is not None and patches.fast is not None
 
     def _instrument(self, **kwargs: Any) -> None:
         global _active
@@ -179,6 +209,11 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         originals = {name: getattr(helpers, name) for name in _FUNCTIONS if hasattr(helpers, name)}
         default = getattr(helpers, "DEFAULT_CHUNK_TIMEOUT", None)
         patches = _Patches(originals, float(default) if isinstance(default, int | float) else None)
+        fast_path = kwargs.get("fast_path")
+        if fast_path is None:
+            fast_path = from_environment("mellea_fast_path")
+        if fast_path:
+            patches.fast = _fast_release(originals.get("send_to_queue"))
         self._patch_cache_class(patches, getattr(helpers, "ClientCache", None))
         _active = patches
         for name, module in sys.modules.copy().items():  # copy(): atomic, unlike list()
@@ -220,6 +255,27 @@ class MelleaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if handler is not None:
             logging.getLogger(names.LOGGER_NAME).removeHandler(handler)
             self._log_handler = None
+
+
+def _fast_release(original: Any) -> _fast.Release | None:
+    """The release the fast path can serve, or None after one log line saying why not."""
+    try:
+        version: str | None = importlib.metadata.version("mellea")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    found = (
+        "mellea.helpers.async_helpers has no send_to_queue"
+        if original is None
+        else _fast.recognise(original, version)
+    )
+    if isinstance(found, _fast.Release):
+        return found
+    _log.warning(
+        "thunkscope: the mellea fast path is off: %s; mellea's own send_to_queue is "
+        "wrapped instead",
+        found,
+    )
+    return None
 
 
 def _backend_modules() -> list[str]:

@@ -53,6 +53,46 @@ def queue_of(target: object) -> Any:
     return getattr(getattr(target, "_gen", None), "queue", None)
 
 
+def open_mellea_stream(
+    name: str, queue: Any, target: object, *, timeout: float | None
+) -> tuple[StreamRun, dict[str, str]]:
+    """Open a mellea stream's record, with mellea's ids on its span and logs; the ids as
+    log fields come back too. Both paths (wrapping and fast) open their streams here."""
+    ids = _ids.context_ids()
+    generation = _ids.generation_id(target)
+    if generation is not None:
+        ids[_ids.GENERATION_ID] = generation
+    log_ids = _ids.log_fields(ids)
+    run = open_stream(
+        name,
+        queue,
+        timeout=timeout,
+        stall_after=telemetry.settings.stall_after,
+        attributes=ids,
+        log_fields=log_ids,
+    )
+    return run, log_ids
+
+
+def note_generation(watch: StreamWatch, target: object) -> None:
+    """mellea 0.8 names its generation only once it runs: the id may be new since the start."""
+    generation = _ids.generation_id(target)
+    if generation is not None and watch.span.is_recording():
+        try:
+            watch.span.set_attribute(_ids.GENERATION_ID, generation)
+        except Exception as exc:
+            report_failure("mellea stream ids", exc)
+
+
+def mellea_timeout_error(chunk_timeout: object) -> TimeoutError:
+    """The TimeoutError mellea 0.7 and 0.8 put on the queue when chunk_timeout expires."""
+    return TimeoutError(
+        f"Stream timed out after {chunk_timeout}s without a chunk (covers time-to-first-token "
+        "and inter-chunk gaps). Set ModelOption.STREAM_TIMEOUT to a larger value or None to "
+        "disable."
+    )
+
+
 class _Observation:
     """What one wrapped call saw of its stream; mellea's queue is read, never written."""
 
@@ -208,19 +248,8 @@ async def observe_send_to_queue(
     chunk_timeout = kwargs.get("chunk_timeout", default_timeout)
     queue = queue_of(target)
 
-    ids = _ids.context_ids()
-    generation = _ids.generation_id(target)
-    if generation is not None:
-        ids[_ids.GENERATION_ID] = generation
-    log_ids = _ids.log_fields(ids)
-    run = open_stream(
-        name,
-        queue,
-        timeout=None,  # mellea enforces its own chunk_timeout: the watch only warns
-        stall_after=telemetry.settings.stall_after,
-        attributes=ids,
-        log_fields=log_ids,
-    )
+    # mellea enforces its own chunk_timeout: the watch only warns.
+    run, log_ids = open_mellea_stream(name, queue, target, timeout=None)
     watch = run.watch
 
     observation = _Observation(watch, queue)
@@ -251,9 +280,7 @@ async def observe_send_to_queue(
                 outcome, error = names.OUTCOME_ERROR, observation.error
             elif observation.cancelled:
                 outcome = names.OUTCOME_TIMEOUT
-                error = TimeoutError(
-                    f"mellea's stream guard: no chunk within chunk_timeout={chunk_timeout}s"
-                )
+                error = mellea_timeout_error(chunk_timeout)
         finally:
             _close_unstarted(observed)
             observation.after_put(telemetry.clock())
@@ -271,13 +298,7 @@ def _end(
     """The end events thunkscope's own send_to_queue adds as they happen, read back from
     what mellea did, then the shared close."""
     watch = run.watch
-    # mellea 0.8 names its generation only once it runs: the id may be new since the start.
-    generation = _ids.generation_id(target)
-    if generation is not None and watch.span.is_recording():
-        try:
-            watch.span.set_attribute(_ids.GENERATION_ID, generation)
-        except Exception as exc:
-            report_failure("mellea stream ids", exc)
+    note_generation(watch, target)
     seconds = float(chunk_timeout) if isinstance(chunk_timeout, int | float) else None
     if outcome == names.OUTCOME_COMPLETED:
         add_sentinel(watch)

@@ -1,0 +1,284 @@
+"""The mellea fast path: turning it on, what it serves, and what falls back to wrapping.
+
+Runs in the mellea environments (``.venv-mellea08``, ``-07``, ``-06``) against the
+installed release; `test_mellea_fast_path_properties` compares its behaviour with
+mellea's own function over generated scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import inspect
+import linecache
+import logging
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import wrapt
+
+from thunkscope import names
+from thunkscope.instrumentation import MelleaInstrumentor, _fast
+
+pytestmark = pytest.mark.mellea
+
+FAST_PATH_ENV = "THUNKSCOPE_MELLEA_FAST_PATH"
+
+
+@pytest.fixture
+def helpers() -> Any:
+    """mellea.helpers.async_helpers, with a backend module that binds the helpers loaded."""
+    pytest.importorskip("mellea")
+    import mellea.backends.openai  # noqa: F401 - a backend module that binds send_to_queue
+    from mellea.helpers import async_helpers
+
+    return async_helpers
+
+
+@pytest.fixture
+def instrumentor(helpers: Any, telemetry: Any) -> Iterator[MelleaInstrumentor]:
+    """The instrumentor, uninstrumented after the test whatever it did."""
+    instrumentor = MelleaInstrumentor()
+    try:
+        yield instrumentor
+    finally:
+        instrumentor.uninstrument()
+
+
+def _bindings() -> dict[str, Any]:
+    """Every mellea module's binding of send_to_queue, as it is now."""
+    return {
+        name: vars(module)["send_to_queue"]
+        for name, module in sys.modules.copy().items()
+        if module is not None and name.split(".")[0] == "mellea" and "send_to_queue" in vars(module)
+    }
+
+
+def _define(source: str, tag: str) -> Any:
+    """The function `source` defines, compiled so that inspect can read its source."""
+    filename = f"<fast path test {tag}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace[next(k for k in namespace if k != "__builtins__")]
+
+
+def _bare_signature(function: Any) -> str:
+    """`function`'s parameters as source, without annotations: ``(co, mot, *, ...)``."""
+    signature = inspect.signature(function)
+    bare = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=bare, return_annotation=inspect.Signature.empty))
+
+
+def _installed() -> str:
+    return importlib.metadata.version("mellea")
+
+
+def _fast_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == names.LOGGER_NAME and "fast path" in r.getMessage()
+    ]
+
+
+async def _three() -> AsyncIterator[str]:
+    for item in ("a", "b", "c"):
+        yield item
+
+
+def _target(helpers: Any, queue: asyncio.Queue[Any]) -> Any:
+    """What the installed release's send_to_queue takes: the queue, or a thunk holding it."""
+    if "mot" not in inspect.signature(inspect.unwrap(helpers.send_to_queue)).parameters:
+        return queue
+    from mellea.core import ModelOutputThunk
+
+    mot = ModelOutputThunk(None)
+    mot._gen.queue = queue
+    return mot
+
+
+class TestTurningItOn:
+    """The keyword, the environment variable, and what fast_path_active says."""
+
+    def test_keyword_serves_every_binding(
+        self, helpers: Any, instrumentor: MelleaInstrumentor
+    ) -> None:
+        """instrument(fast_path=True) puts a plain function of the original's signature in
+        every module that bound send_to_queue; uninstrument() puts the originals back."""
+        before = _bindings()
+        assert {"mellea.helpers.async_helpers", "mellea.helpers", "mellea.backends.openai"} <= (
+            before.keys()
+        )
+        instrumentor.instrument(fast_path=True)
+        assert instrumentor.fast_path_active is True
+        assert MelleaInstrumentor().fast_path_active is True  # the one instrumentor
+        during = _bindings()
+        assert during.keys() == before.keys()
+        for module, served in during.items():
+            assert not isinstance(served, wrapt.FunctionWrapper), module
+            assert served.__wrapped__ is before[module], module
+            assert served.__name__ == "send_to_queue"
+            assert inspect.iscoroutinefunction(served)
+            assert inspect.signature(served) == inspect.signature(before[module])
+            assert served.__kwdefaults__ is before[module].__kwdefaults__
+        instrumentor.uninstrument()
+        assert instrumentor.fast_path_active is False
+        after = _bindings()
+        assert all(after[module] is original for module, original in before.items())
+
+    def test_off_by_default(
+        self, helpers: Any, instrumentor: MelleaInstrumentor, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With neither keyword nor variable, mellea's own function is wrapped."""
+        monkeypatch.delenv(FAST_PATH_ENV, raising=False)
+        instrumentor.instrument()
+        assert instrumentor.fast_path_active is False
+        assert isinstance(helpers.send_to_queue, wrapt.FunctionWrapper)
+
+    def test_environment_turns_it_on(
+        self, helpers: Any, instrumentor: MelleaInstrumentor, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """THUNKSCOPE_MELLEA_FAST_PATH=1 turns it on for instrument() without the keyword."""
+        monkeypatch.setenv(FAST_PATH_ENV, "1")
+        instrumentor.instrument()
+        assert instrumentor.fast_path_active is True
+        assert not isinstance(helpers.send_to_queue, wrapt.FunctionWrapper)
+
+    def test_keyword_wins_over_environment(
+        self, helpers: Any, instrumentor: MelleaInstrumentor, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """fast_path=False keeps the wrapping path even with the variable set."""
+        monkeypatch.setenv(FAST_PATH_ENV, "true")
+        instrumentor.instrument(fast_path=False)
+        assert instrumentor.fast_path_active is False
+        assert isinstance(helpers.send_to_queue, wrapt.FunctionWrapper)
+
+    def test_bad_keyword_names_the_argument(self, helpers: Any) -> None:
+        """A fast_path that is not a bool is a TypeError naming it, and nothing is patched."""
+        before = _bindings()
+        with pytest.raises(
+            TypeError, match=r"^fast_path must be True, False or None, got str 'yes'$"
+        ):
+            MelleaInstrumentor().instrument(fast_path="yes")
+        assert MelleaInstrumentor().fast_path_active is False
+        assert _bindings() == before
+
+    async def test_stream_through_the_fast_path(
+        self, helpers: Any, instrumentor: MelleaInstrumentor, telemetry: Any
+    ) -> None:
+        """A stream through the served binding reaches the queue in order and is one
+        completed span named after its module."""
+        instrumentor.instrument(fast_path=True)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        import mellea.backends.openai as openai_backend
+
+        await openai_backend.send_to_queue(_three(), _target(helpers, queue))
+        assert [queue.get_nowait() for _ in range(queue.qsize())] == ["a", "b", "c", None]
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        attributes = dict(span.attributes or {})
+        assert attributes[names.STREAM_NAME] == "mellea.openai"
+        assert attributes[names.STREAM_OUTCOME] == "completed"
+        assert attributes[names.STREAM_ITEMS] == 3
+
+    def test_argument_errors_are_the_originals(
+        self, helpers: Any, instrumentor: MelleaInstrumentor
+    ) -> None:
+        """A call mellea's function refuses is refused at the call with the same TypeError."""
+        original = helpers.send_to_queue
+        instrumentor.instrument(fast_path=True)
+        for call in (lambda f: f(), lambda f: f(1, 2, 3), lambda f: f(1, 2, bogus=1)):
+            with pytest.raises(TypeError) as expected:
+                call(original)
+            with pytest.raises(TypeError) as got:
+                call(helpers.send_to_queue)
+            assert str(got.value) == str(expected.value)
+
+
+class TestFallback:
+    """What the fast path cannot prove it serves is wrapped, with one log line saying why."""
+
+    def test_installed_release_is_recognised(self, helpers: Any) -> None:
+        """The installed mellea's send_to_queue is the release's, by signature and code."""
+        release = _fast.recognise(helpers.send_to_queue, _installed())
+        assert isinstance(release, _fast.Release)
+        assert release.version == _installed()
+        assert _fast.fingerprint(helpers.send_to_queue) == release.fingerprint
+
+    def test_unknown_version(
+        self,
+        helpers: Any,
+        instrumentor: MelleaInstrumentor,
+        monkeypatch: pytest.MonkeyPatch,
+        stdlib_records: pytest.LogCaptureFixture,
+    ) -> None:
+        """A mellea version the fast path does not know: wrapping, and one warning."""
+        real = importlib.metadata.version
+        monkeypatch.setattr(
+            importlib.metadata,
+            "version",
+            lambda name: "0.9.0" if name == "mellea" else real(name),
+        )
+        instrumentor.instrument(fast_path=True)
+        assert instrumentor.fast_path_active is False
+        assert isinstance(helpers.send_to_queue, wrapt.FunctionWrapper)
+        assert _fast_records(stdlib_records) == [
+            "thunkscope: the mellea fast path is off: mellea 0.9.0 is not a release it knows "
+            "(0.6.0, 0.7.0, 0.8.0); mellea's own send_to_queue is wrapped instead"
+        ]
+        (record,) = [r for r in stdlib_records.records if "fast path" in r.getMessage()]
+        assert record.levelno == logging.WARNING
+
+    def test_unrecognised_code(
+        self,
+        helpers: Any,
+        instrumentor: MelleaInstrumentor,
+        monkeypatch: pytest.MonkeyPatch,
+        stdlib_records: pytest.LogCaptureFixture,
+    ) -> None:
+        """A send_to_queue of the right signature but other code (patched by someone):
+        wrapping of that function, and one warning naming the fingerprint."""
+        original = helpers.send_to_queue
+        parameters = _bare_signature(original)
+        patched = _define(f"async def send_to_queue{parameters}:\n    return None\n", "code")
+        monkeypatch.setattr(helpers, "send_to_queue", patched)
+        release = _fast.RELEASES[_installed()]
+        instrumentor.instrument(fast_path=True)
+        assert instrumentor.fast_path_active is False
+        assert helpers.send_to_queue.__wrapped__ is patched
+        (message,) = _fast_records(stdlib_records)
+        assert message == (
+            f"thunkscope: the mellea fast path is off: mellea {_installed()}'s send_to_queue "
+            f"is not the released code (fingerprint {_fast.fingerprint(patched)}, expected "
+            f"{release.fingerprint}); mellea's own send_to_queue is wrapped instead"
+        )
+
+    def test_unrecognised_signature(self, helpers: Any) -> None:
+        """A function with another signature is refused before its code is looked at."""
+
+        async def send_to_queue(co: Any, queue: Any, extra: Any) -> None:
+            return None
+
+        found = _fast.recognise(send_to_queue, _installed())
+        assert isinstance(found, str)
+        assert found.startswith(f"mellea {_installed()}'s send_to_queue has an unknown signature")
+
+    def test_fingerprint_ignores_layout(self) -> None:
+        """Docstrings, comments and layout do not change the fingerprint; code does."""
+        a = _define('async def f(x):\n    """Doc."""\n    return x + 1\n', "a")
+        b = _define("async def f(x):  # other\n\n    return  x+1\n", "b")
+        c = _define("async def f(x):\n    return x + 2\n", "c")
+        assert _fast.fingerprint(a) == _fast.fingerprint(b)
+        assert _fast.fingerprint(a) != _fast.fingerprint(c)
+
+    def test_unreadable_source(self, helpers: Any) -> None:
+        """A function whose source cannot be read has no fingerprint, and is refused."""
+        namespace: dict[str, Any] = {}
+        parameters = _bare_signature(helpers.send_to_queue)
+        exec(f"async def send_to_queue{parameters}:\n    return None\n", namespace)
+        assert _fast.fingerprint(namespace["send_to_queue"]) is None
+        found = _fast.recognise(namespace["send_to_queue"], _installed())
+        assert isinstance(found, str)
+        assert "its source cannot be read" in found
