@@ -2,7 +2,8 @@
 
 The configurations that need the peers' environment (.venv-bench: mellea's telemetry
 extra, openllmetry, openlit) are reported unavailable here, which is asserted too; the
-telemetry facts of the ones that run (no telemetry, thunkscope's instrumentor) are
+telemetry facts of the ones that run (no telemetry, thunkscope's instrumentor wrapping
+mellea's helpers and on its fast path) are
 asserted exactly: the spans one generation starts, and how thunkscope records the
 generation that stalls into mellea's STREAM_TIMEOUT. The callgrind figures are left to
 the benchmark's own runs (``--no-callgrind`` here: callgrind runs at about 1/50 speed).
@@ -33,12 +34,6 @@ MELLEA_TIMEOUT = (
     "TimeoutError: Stream timed out after 0.5s without a chunk (covers time-to-first-token "
     "and inter-chunk gaps). Set ModelOption.STREAM_TIMEOUT to a larger value or None to disable."
 )[:120]
-
-
-def _fast_path_in_this_thunkscope() -> bool:
-    from thunkscope.instrumentation import MelleaInstrumentor
-
-    return hasattr(MelleaInstrumentor, "fast_path_active")
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +81,14 @@ class TestAvailability:
             assert report["facts"][peer] is None
             assert f"| {peer} | unavailable: {notes[peer]} |" in stdout.splitlines()
 
-    def test_fast_path_is_measured_exactly_when_thunkscope_has_it(
+    def test_fast_path_runs_and_is_checked_active(
         self, quick_run: tuple[str, dict[str, Any]]
     ) -> None:
-        """The fast path runs when this thunkscope has one, and is shown unavailable otherwise."""
+        """The fast-path configuration runs with the instrumentor reporting its fast path on."""
         _, report = quick_run
         note = report["notes"]["thunkscope-fast"]
-        if _fast_path_in_this_thunkscope():
-            assert note == "MelleaInstrumentor().instrument(fast_path=True), fast_path_active"
-            assert "thunkscope-fast" in report["cpu"][f"fresh/{CHUNKS[0]}"]
-        else:
-            assert note == "this thunkscope has no fast path (no fast_path_active)"
-            assert report["facts"]["thunkscope-fast"] is None
+        assert note == "MelleaInstrumentor().instrument(fast_path=True), fast_path_active"
+        assert report["facts"]["thunkscope-fast"] is not None
 
 
 class TestCpuTable:
@@ -108,7 +99,7 @@ class TestCpuTable:
         that ran, none's ratio being 1 by construction."""
         stdout, report = quick_run
         ran = [c for c, facts in report["facts"].items() if facts is not None]
-        assert {"none", "thunkscope"} <= set(ran)
+        assert ran == ["none", "thunkscope", "thunkscope-fast"]
         cases = [f"fresh/{CHUNKS[0]}", f"fresh/{CHUNKS[1]}", f"history/{CHUNKS[0]}"]
         assert list(report["cpu"]) == cases
         for case in cases:
@@ -132,12 +123,13 @@ class TestTelemetryFacts:
         assert facts["normal"] == {"raised": None, "spans": []}
         assert facts["stall"] == {"raised": MELLEA_TIMEOUT, "spans": []}
 
+    @pytest.mark.parametrize("config", ["thunkscope", "thunkscope-fast"])
     def test_thunkscope_spans_of_one_generation(
-        self, quick_run: tuple[str, dict[str, Any]]
+        self, quick_run: tuple[str, dict[str, Any]], config: str
     ) -> None:
         """One generation: four spans, all ended, none in error, no timeout recorded."""
         _, report = quick_run
-        facts = report["facts"]["thunkscope"]
+        facts = report["facts"][config]
         assert facts["normal"]["raised"] is None
         spans = facts["normal"]["spans"]
         assert Counter(span["name"] for span in spans) == THUNKSCOPE_SPANS
@@ -154,17 +146,18 @@ class TestTelemetryFacts:
             "thunkscope.stream.time_to_first_item",
         } <= set(facts["metrics"])
 
+    @pytest.mark.parametrize("config", ["thunkscope", "thunkscope-fast"])
     def test_thunkscope_ends_the_stalled_stream_with_outcome_timeout(
-        self, quick_run: tuple[str, dict[str, Any]]
+        self, quick_run: tuple[str, dict[str, Any]], config: str
     ) -> None:
         """The stalled generation's send_to_queue span is ended, in error, with outcome timeout,
         error type and the timeout event; mellea's own TimeoutError reaches the caller."""
         _, report = quick_run
-        stall = report["facts"]["thunkscope"]["stall"]
+        stall = report["facts"][config]["stall"]
         assert stall["raised"] == MELLEA_TIMEOUT
         assert Counter(span["name"] for span in stall["spans"]) == THUNKSCOPE_SPANS
         assert all(span["ended"] for span in stall["spans"])
-        assert _spans(report["facts"]["thunkscope"], "stall")["send_to_queue"] == {
+        assert _spans(report["facts"][config], "stall")["send_to_queue"] == {
             "name": "send_to_queue",
             "scope": "thunkscope",
             "ended": True,
