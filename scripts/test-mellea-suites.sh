@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 repo="$(pwd)"
 cache="${HOME}/.cache/thunkscope/mellea-sdists"
-modes=(0)  # 1 (the fast path) joins once the instrumentor has it
+modes=(0 1)
 
 # fetch_tests VERSION: the directory holding the release's test/ and pyproject.toml.
 fetch_tests() {

@@ -57,27 +57,36 @@ def test_nothing_streams() -> None:
 """
 
 
-def run_suite(tmp_path: Path, suite: str, mode: str | None) -> subprocess.CompletedProcess[str]:
-    """Run `suite` under the plugin, with THUNKSCOPE_MELLEA_FAST_PATH=`mode` (None: unset)."""
+# Loaded with -p before the plugin: mellea's send_to_queue replaced by a function the fast
+# path does not recognise, so the instrumentor can only wrap it.
+UNKNOWN_SEND_TO_QUEUE = """
+from mellea.helpers import async_helpers
+
+original = async_helpers.send_to_queue
+
+
+async def send_to_queue(*args, **kwargs):
+    return await original(*args, **kwargs)
+
+
+async_helpers.send_to_queue = send_to_queue
+"""
+
+
+def run_suite(
+    tmp_path: Path, suite: str, mode: str | None, *first: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `suite` under the plugin, with THUNKSCOPE_MELLEA_FAST_PATH=`mode` (None: unset),
+    after the plugin modules `first` (in `tmp_path`)."""
     (tmp_path / "test_suite.py").write_text(textwrap.dedent(suite))
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(tmp_path)])}
     env.pop("THUNKSCOPE_MELLEA_FAST_PATH", None)
     if mode is not None:
         env["THUNKSCOPE_MELLEA_FAST_PATH"] = mode
+    plugins = [arg for name in (*first, "support.mellea_instrumented") for arg in ("-p", name)]
+    options = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q"]
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "support.mellea_instrumented",
-            "-p",
-            "no:randomly",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "test_suite.py",
-        ],
+        [sys.executable, "-m", "pytest", *plugins, *options, "test_suite.py"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -106,6 +115,31 @@ class TestMelleaInstrumentedPlugin:
             "thunkscope-mellea-suite:   skipped test_suite.py::test_skipped: "
             "Skipped: needs a model server",
         ]
+
+    def test_counts_a_fast_path_run(self, tmp_path: Path) -> None:
+        """With THUNKSCOPE_MELLEA_FAST_PATH=1 the fast path serves the suite's stream."""
+        from importlib.metadata import version
+
+        result = run_suite(tmp_path, STREAMING_SUITE, "1")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert summary(result)[0] == (
+            f"thunkscope-mellea-suite: mellea {version('mellea')} | fast path | passed=1 "
+            "failed=0 skipped=1 deselected=0 | streams through thunkscope=1"
+        )
+
+    def test_fast_path_not_serving_stops_the_run(self, tmp_path: Path) -> None:
+        """Asked for the fast path where the instrumentor falls back to wrapping, the run stops
+        before any test, saying so."""
+        from importlib.metadata import version
+
+        (tmp_path / "unknown_send_to_queue.py").write_text(UNKNOWN_SEND_TO_QUEUE)
+        result = run_suite(tmp_path, STREAMING_SUITE, "1", "unknown_send_to_queue")
+        assert result.returncode == pytest.ExitCode.USAGE_ERROR
+        assert (
+            "THUNKSCOPE_MELLEA_FAST_PATH=1 asks for the fast path mode, but the instrumentor "
+            f"reports fast_path_active=False for mellea {version('mellea')}"
+        ) in result.stderr
+        assert summary(result) == []
 
     def test_mode_must_be_given(self, tmp_path: Path) -> None:
         """Without THUNKSCOPE_MELLEA_FAST_PATH the run stops before any test, naming it."""
