@@ -792,7 +792,46 @@ def report(result: Result) -> str:
                     f"| {config} | {kind} | {span['name']} | {'yes' if span['ended'] else 'NO'} "
                     f"| {status} | {recorded} |"
                 )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *targets(result)])
+
+
+def targets(result: Result) -> list[str]:
+    """Issue 18's targets for this benchmark, met or not, with the numbers (callgrind)."""
+    counts = result.instructions
+    base = counts.get("none")
+    if not base:
+        return ["targets: no instruction counts (run with callgrind)"]
+    lines = []
+    fast = counts.get("thunkscope-fast", {})
+
+    def order(case: str) -> tuple[str, int]:
+        kind, chunks = case.split("/")
+        return kind, int(chunks)
+
+    for case in sorted((c for c in base if c.startswith("fresh/")), key=order):
+        if case in fast:
+            met = fast[case] < base[case]
+            lines.append(
+                f"- fast path, {case}: {_millions(fast[case])} against "
+                f"{_millions(base[case])} with no telemetry "
+                f"({'met' if met else 'missed'}: target below no telemetry)"
+            )
+    for case in sorted(base, key=order):
+        peers = {p: counts[p][case] - base[case] for p in PEERS if case in counts.get(p, {})}
+        if not peers:
+            continue
+        cheapest = min(peers, key=peers.__getitem__)
+        for mode in ("thunkscope", "thunkscope-fast"):
+            if case not in counts.get(mode, {}):
+                continue
+            overhead = counts[mode][case] - base[case]
+            met = overhead < peers[cheapest] / 5
+            lines.append(
+                f"- {mode}, {case}: {overhead / 1e6:+.2f} M above no telemetry against "
+                f"{cheapest}'s {peers[cheapest] / 1e6:+.2f} M, the cheapest peer "
+                f"({'met' if met else 'missed'}: target under a fifth)"
+            )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -809,6 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--chunks", help="comma-separated chunk counts per generation (default 50,200)"
     )
+    parser.add_argument("--report", metavar="PATH", help="print the tables of a --json file")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -816,6 +856,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.serve:
         serve_fake_openai()
+        return 0
+    if args.report:
+        saved = Result(**json.loads(Path(args.report).read_text()))
+        print(report(saved))
         return 0
     if args.worker:
         channel = _quiet_stdout()

@@ -11,6 +11,7 @@ the benchmark's own runs (``--no-callgrind`` here: callgrind runs at about 1/50 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -186,3 +187,64 @@ class TestTelemetryFacts:
             "chunk_timeout=0.5s | thunkscope.stream.outcome=timeout, error.type=TimeoutError, "
             "event stream.timeout |"
         ) in rows
+
+
+def _load_generation() -> Any:
+    spec = importlib.util.spec_from_file_location("thunkscope_generation_bench", GENERATION)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestReport:
+    def test_report_reprints_a_saved_run(
+        self, quick_run: tuple[str, dict[str, Any]], tmp_path: Path
+    ) -> None:
+        """``--report`` prints a saved JSON run exactly as the run printed it."""
+        stdout, report = quick_run
+        saved = tmp_path / "run.json"
+        saved.write_text(json.dumps(report))
+        done = subprocess.run(
+            [sys.executable, str(GENERATION), "--report", str(saved)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert done.stdout == stdout
+        assert stdout.rstrip().endswith("targets: no instruction counts (run with callgrind)")
+
+    def test_targets_against_no_telemetry_and_the_cheapest_peer(self) -> None:
+        """The issue's targets are judged from the instruction counts: the fast path below no
+        telemetry at each chunk count, thunkscope's overhead under a fifth of the cheapest
+        peer's (a tie with the fifth is a miss)."""
+        generation = _load_generation()
+        result = generation.Result(
+            sizes={},
+            environment={},
+            instructions={
+                "none": {"fresh/50": 60e6, "fresh/200": 200e6},
+                "thunkscope": {"fresh/50": 61.8e6, "fresh/200": 201.9e6},
+                "thunkscope-fast": {"fresh/50": 59e6, "fresh/200": 201e6},
+                "mellea": {"fresh/50": 80e6, "fresh/200": 240e6},
+                "openllmetry": {"fresh/50": 69e6, "fresh/200": 230e6},
+                "openlit": {"fresh/50": 72e6, "fresh/200": 210e6},
+            },
+        )
+        assert generation.targets(result) == [
+            "- fast path, fresh/50: 59.00 M against 60.00 M with no telemetry "
+            "(met: target below no telemetry)",
+            "- fast path, fresh/200: 201.00 M against 200.00 M with no telemetry "
+            "(missed: target below no telemetry)",
+            "- thunkscope, fresh/50: +1.80 M above no telemetry against openllmetry's +9.00 M, "
+            "the cheapest peer (missed: target under a fifth)",
+            "- thunkscope-fast, fresh/50: -1.00 M above no telemetry against openllmetry's "
+            "+9.00 M, the cheapest peer (met: target under a fifth)",
+            "- thunkscope, fresh/200: +1.90 M above no telemetry against openlit's +10.00 M, "
+            "the cheapest peer (met: target under a fifth)",
+            "- thunkscope-fast, fresh/200: +1.00 M above no telemetry against openlit's "
+            "+10.00 M, the cheapest peer (met: target under a fifth)",
+        ]
