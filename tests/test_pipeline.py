@@ -192,9 +192,7 @@ class TestShippedPipeline:
         found = poll(records, timeout=WAIT_S, what="the logs file holding every stream's logs")
         assert [r for r in found if not r.get("traceId")] == []
 
-    def test_prometheus_counts_the_workload(
-        self, pipeline: Pipeline
-    ) -> None:
+    def test_prometheus_counts_the_workload(self, pipeline: Pipeline) -> None:
         """Debian's Prometheus, scraping the collector's prometheus exporter as compose does,
         counts exactly the workload's streams by outcome, its stall and its cache traffic."""
         job = f"{SERVICE}-scrape"

@@ -202,8 +202,12 @@ class MelleaEdges(Edges):
     def iterator(self, response: AsyncIterator[Any]) -> tuple[AsyncIterator[Any], Any]:
         """mellea steps ``aiter(response)`` with ``anext`` and closes that object."""
         steps = aiter(response)
-        if aiter(steps) is steps:  # the usual case: ``async for`` steps it the same way
-            return steps, steps
+        if getattr(type(steps), "__aiter__", None) is not None:
+            try:
+                if aiter(steps) is steps:  # the usual case: ``async for`` steps it alike
+                    return steps, steps
+            except TypeError:
+                pass
         return _Steps(steps), steps
 
     def timeout_error(self, timeout: float | None) -> BaseException:

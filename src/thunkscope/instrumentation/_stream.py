@@ -96,7 +96,16 @@ def mellea_timeout_error(chunk_timeout: object) -> TimeoutError:
 class _Observation:
     """What one wrapped call saw of its stream; mellea's queue is read, never written."""
 
-    __slots__ = ("bounded", "cancelled", "error", "mode", "put_previous", "queue", "watch")
+    __slots__ = (
+        "bounded",
+        "cancelled",
+        "cancelling",
+        "error",
+        "mode",
+        "put_previous",
+        "queue",
+        "watch",
+    )
 
     def __init__(self, watch: StreamWatch, queue: Any) -> None:
         self.watch = watch
@@ -107,6 +116,13 @@ class _Observation:
         self.error: BaseException | None = None
         self.cancelled = False
         self.put_previous: State = AWAITING_ITEM
+        # The task's cancel requests before the stream: one more is mellea's deadline's.
+        self.cancelling = 0 if watch.task is None else watch.task.cancelling()
+
+    def cancel_requested(self) -> bool:
+        """Whether the task has been asked to cancel since the stream began."""
+        task = self.watch.task
+        return task is not None and task.cancelling() > self.cancelling
 
     def response(self, response: Any) -> Any:
         """The backend answered: an async iterator comes back observed, anything else as is."""
@@ -120,7 +136,9 @@ class _Observation:
         self.mode = names.MODE_SINGLE
         watch.note_item(now)
         watch.items = 1
-        self.before_put(now)
+        # mellea puts the response and then the sentinel, unseen from here: if the two
+        # do not both fit, a put blocks from now until mellea returns.
+        self.before_put(now, following=1)
         return response
 
     def failed(self, exc: BaseException) -> None:
@@ -128,9 +146,18 @@ class _Observation:
         self.error = exc
         self.before_put(telemetry.clock())
 
-    def before_put(self, now: float) -> None:
-        """mellea is about to put something: if the queue is full, the put will block."""
-        if self.bounded and self.queue.full():
+    def before_put(self, now: float, following: int = 0) -> None:
+        """mellea is about to put something (and `following` more, unseen from here): if
+        they do not all fit, a put will block."""
+        if not self.bounded:
+            return
+        queue = self.queue
+        full = queue.full()
+        if not full and following:
+            maxsize, qsize = getattr(queue, "maxsize", None), getattr(queue, "qsize", None)
+            if isinstance(maxsize, int) and callable(qsize):
+                full = maxsize - qsize() <= following
+        if full:
             self.put_previous = self.watch.begin_put(now)
 
     def after_put(self, now: float) -> None:
@@ -170,6 +197,15 @@ class _ObservedIterator:
         except asyncio.CancelledError:
             observation.cancelled = True  # mellea's chunk_timeout, or the task cancelled
             observation.before_put(telemetry.clock())
+            raise
+        except TimeoutError as exc:
+            if observation.cancel_requested():
+                # The backend turned mellea's expired deadline into its own TimeoutError:
+                # mellea counts it as its timeout (its block expired), and so does the record.
+                observation.cancelled = True
+                observation.before_put(telemetry.clock())
+            else:
+                observation.failed(exc)
             raise
         except BaseException as exc:
             observation.failed(exc)
