@@ -11,6 +11,8 @@ tag and by event, whole, and the logs file holds every record with its trace id.
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -23,7 +25,8 @@ import pytest
 
 from support.otelcol import RunningJaeger, collector, jaeger
 from support.pipeline_workload import STALLED_AT
-from support.stack_prometheus import prometheus
+from support.stack_dashboards import Query, load_dashboards, queries, substitute
+from support.stack_prometheus import PrometheusAPI, prometheus
 from support.stack_tools import REPO_ROOT, http_get, poll, require_binary
 from test_collector import loopback_endpoints, overlay_for, write_overlay
 from thunkscope import names as n
@@ -162,7 +165,9 @@ class TestShippedPipeline:
         """Each outcome tag finds exactly the trace of the stream that ended that way."""
         traces = pipeline.workload["traces"]
         expected = {
-            n.OUTCOME_COMPLETED: sorted([traces["completed"], traces["stalled"]]),
+            n.OUTCOME_COMPLETED: sorted(
+                [traces["completed"], traces["stalled"], traces["backpressure"]]
+            ),
             n.OUTCOME_ERROR: [traces["error"]],
         }
 
@@ -192,39 +197,194 @@ class TestShippedPipeline:
         found = poll(records, timeout=WAIT_S, what="the logs file holding every stream's logs")
         assert [r for r in found if not r.get("traceId")] == []
 
-    def test_prometheus_counts_the_workload(self, pipeline: Pipeline) -> None:
+    def test_prometheus_counts_the_workload(self, scraped: PrometheusAPI) -> None:
         """Debian's Prometheus, scraping the collector's prometheus exporter as compose does,
         counts exactly the workload's streams by outcome, its stall and its cache traffic."""
-        job = f"{SERVICE}-scrape"
-        with prometheus(
-            require_binary("prometheus"),
-            pipeline.workdir / "prometheus",
-            job=job,
-            targets=[pipeline.prometheus_exporter],
-        ) as running:
+        job = SERVICE
 
-            def by(expr: str, label: str) -> dict[str, float]:
-                samples = running.api.instant(expr)
-                return {sample.labels.get(label, ""): sample.value for sample in samples}
+        def by(expr: str, label: str) -> dict[str, float]:
+            samples = scraped.instant(expr)
+            return {sample.labels.get(label, ""): sample.value for sample in samples}
 
-            def counted() -> None:
-                outcome = n.STREAM_OUTCOME.replace(".", "_")
-                result = n.CACHE_RESULT.replace(".", "_")
-                streams = by(
-                    f'sum by ({outcome}) (thunkscope_stream_duration_seconds_count{{job="{job}"}})',
-                    outcome,
-                )
-                assert streams == {
-                    n.OUTCOME_COMPLETED: 2.0,
-                    n.OUTCOME_TIMEOUT: 1.0,
-                    n.OUTCOME_ERROR: 1.0,
-                }
-                assert by(f'sum(thunkscope_stream_stalls_total{{job="{job}"}})', "") == {"": 1.0}
-                lookups = by(
-                    f'sum by ({result}) (thunkscope_cache_lookups_total{{job="{job}"}})', result
-                )
-                assert lookups == {"hit": 1.0, "miss": 1.0}
-                evictions = by(f'sum(thunkscope_cache_evictions_total{{job="{job}"}})', "")
-                assert evictions == {"": 1.0}
+        outcome = n.STREAM_OUTCOME.replace(".", "_")
+        result = n.CACHE_RESULT.replace(".", "_")
+        streams = by(
+            f'sum by ({outcome}) (thunkscope_stream_duration_seconds_count{{job="{job}"}})',
+            outcome,
+        )
+        assert streams == {
+            n.OUTCOME_COMPLETED: 3.0,
+            n.OUTCOME_TIMEOUT: 1.0,
+            n.OUTCOME_ERROR: 1.0,
+        }
+        assert by(f'sum(thunkscope_stream_stalls_total{{job="{job}"}})', "") == {"": 1.0}
+        lookups = by(f'sum by ({result}) (thunkscope_cache_lookups_total{{job="{job}"}})', result)
+        assert lookups == {"hit": 1.0, "miss": 1.0}
+        evictions = by(f'sum(thunkscope_cache_evictions_total{{job="{job}"}})', "")
+        assert evictions == {"": 1.0}
 
-            poll(counted, timeout=WAIT_S, what="Prometheus counting the workload")
+
+@pytest.fixture(scope="module")
+def scraped(pipeline: Pipeline) -> Iterator[PrometheusAPI]:
+    """Debian's Prometheus scraping the collector's prometheus exporter every second, keeping
+    the exporter's `job` (the service.name) as deploy/prometheus.yml does; ready once it
+    has scraped the workload's last stream count twice (every rate has two samples)."""
+    with prometheus(
+        require_binary("prometheus"),
+        pipeline.workdir / "prometheus",
+        job="otel-collector",
+        targets=[pipeline.prometheus_exporter],
+        honor_labels=True,
+    ) as running:
+
+        def twice() -> None:
+            seen = running.api.instant(
+                f'count_over_time(thunkscope_stream_duration_seconds_count{{job="{SERVICE}",'
+                f' thunkscope_stream_name="backpressure"}}[1m])'
+            )
+            assert seen, "the workload's streams not scraped yet"
+            assert min(sample.value for sample in seen) >= 2, "scraped once so far"
+
+        poll(twice, timeout=WAIT_S, what="Prometheus scraping the collector's exporter")
+        yield running.api
+
+
+# What the dashboards' variables select: the workload's service; every stream and cache.
+ALL = {"service": SERVICE, "stream": ".*", "cache": ".*", "__rate_interval": "1m"}
+# Every value a label of the workload's series can have.
+WORKLOAD_LABELS: dict[str, set[str]] = {
+    "thunkscope_stream_name": {"completed", "stalled", "timeout", "error", "backpressure"},
+    "thunkscope_stream_outcome": {n.OUTCOME_COMPLETED, n.OUTCOME_TIMEOUT, n.OUTCOME_ERROR},
+    "thunkscope_cache_name": {"pipeline-clients"},
+    "thunkscope_cache_result": {"hit", "miss"},
+    "thunkscope_gather_outcome": {n.OUTCOME_COMPLETED, n.OUTCOME_ERROR},
+    # An observable counter: both values, the one never seen at 0.
+    "thunkscope_event_loop_found": {"true", "false"},
+    "error_type": {"TimeoutError", "ConnectionResetError", "ValueError"},
+}
+
+
+def dashboard_prometheus_queries() -> list[Query]:
+    """Every Prometheus query of every committed dashboard."""
+    return [q for q in queries(load_dashboards()) if q.datasource_type == "prometheus"]
+
+
+def grouped_by(expr: str) -> set[str]:
+    """The labels a query's answer carries: its first `by (...)` clause but `le` (which
+    histogram_quantile consumes); none when it aggregates everything."""
+    match = re.search(r"\bby \(([^)]*)\)", expr)
+    labels = {label.strip() for label in match.group(1).split(",")} if match else set()
+    return labels - {"le"}
+
+
+def over_the_whole_run(expr: str) -> str:
+    """The query with every `rate(X[$__rate_interval])` read as `X`, the counter's total: the
+    dashboard's query over the workload's whole life (every rate times the same duration,
+    so sums are counts and ratios stay ratios). Selectors, labels and aggregations are the
+    dashboard's own."""
+    return re.sub(r"rate\(([^\[]+)\[\$__rate_interval\]\)", r"\1", expr)
+
+
+def answer(api: PrometheusAPI, expr: str, labels: set[str]) -> dict[tuple[str, ...], float]:
+    """An instant query's answer by the values of `labels` (sorted by label name)."""
+    return {
+        tuple(sample.labels.get(label, "") for label in sorted(labels)): sample.value
+        for sample in api.instant(expr)
+    }
+
+
+# The exact answer of every count-like query over the whole run, by (dashboard, panel, refId):
+# the workload streams 5 times (3 completed, 1 timed out, 1 failed; 15 items), stalls once,
+# blocks once, looks its cache up twice (a hit, a miss), evicts once, gathers twice (2
+# thunks each, one failing) and looks its event loop up once.
+COUNTS: dict[tuple[str, str, str], dict[tuple[str, ...], float]] = {
+    ("client-cache.json", "Hit ratio", "stat"): {(): 0.5},
+    ("client-cache.json", "Lookups per second", "stat"): {(): 2.0},
+    ("client-cache.json", "Evictions per second", "stat"): {(): 1.0},
+    ("client-cache.json", "Fill", "stat"): {(): 1.0},
+    ("client-cache.json", "Lookups per second by result", "timeseries"): {
+        ("pipeline-clients", "hit"): 1.0,
+        ("pipeline-clients", "miss"): 1.0,
+    },
+    ("client-cache.json", "Hit ratio", "timeseries"): {("pipeline-clients",): 0.5},
+    ("client-cache.json", "Evictions per second", "timeseries"): {("pipeline-clients",): 1.0},
+    ("client-cache.json", "Entries against the limit", "timeseries"): {("pipeline-clients",): 1.0},
+    ("client-cache.json", "Event loop lookups per second", "timeseries"): {
+        ("false",): 0.0,
+        ("true",): 1.0,
+    },
+    ("gather.json", "Gathers per second", "stat"): {(): 2.0},
+    ("gather.json", "Failed", "stat"): {(): 0.5},
+    ("gather.json", "Mean size", "stat"): {(): 2.0},
+    ("gather.json", "Gathers per second by outcome", "timeseries"): {
+        (n.OUTCOME_COMPLETED,): 1.0,
+        (n.OUTCOME_ERROR,): 1.0,
+    },
+    ("gather.json", "Failures by error.type", "timeseries"): {("ValueError",): 1.0},
+    ("streams.json", "Active streams", "stat"): {(): 0.0},
+    ("streams.json", "Streams per second", "stat"): {(): 5.0},
+    ("streams.json", "Streams not completed", "stat"): {(): 0.4},
+    ("streams.json", "Stream rate by outcome", "timeseries"): {
+        (n.OUTCOME_COMPLETED,): 3.0,
+        (n.OUTCOME_TIMEOUT,): 1.0,
+        (n.OUTCOME_ERROR,): 1.0,
+    },
+    ("streams.json", "Error rate by error.type", "timeseries"): {
+        ("ConnectionResetError",): 1.0,
+        ("TimeoutError",): 1.0,
+    },
+    ("streams.json", "Streams that blocked", "timeseries"): {("backpressure",): 1.0},
+    # Gauges: the workload has ended, so no stream runs and none is idle.
+    ("streams.json", "Active streams", "timeseries"): {
+        (name,): 0.0 for name in WORKLOAD_LABELS["thunkscope_stream_name"]
+    },
+    ("streams.json", "Oldest idle stream", "timeseries"): {
+        (name,): 0.0 for name in WORKLOAD_LABELS["thunkscope_stream_name"]
+    },
+}
+# Panels whose refIds differ in what they count.
+COUNTS_BY_REF: dict[tuple[str, str, str, str], dict[tuple[str, ...], float]] = {
+    ("streams.json", "Stalls and timeouts", "timeseries", "A"): {("stalled",): 1.0},
+    ("streams.json", "Stalls and timeouts", "timeseries", "B"): {("timeout",): 1.0},
+    ("gather.json", "Size", "timeseries", "C"): {(): 2.0},
+    ("streams.json", "Items per stream", "timeseries", "C"): {(): 3.0},
+}
+
+
+class TestDashboardsOnTheCollectorsPrometheus:
+    """Every dashboard query, run on the Prometheus that scrapes the real collector's exporter,
+    answers for the workload: exact counts where it counts, the expected series otherwise."""
+
+    def test_every_query_answers_with_the_workloads_series(self, scraped: PrometheusAPI) -> None:
+        """As the dashboards run them ($__rate_interval 1 m), every query answers, each series
+        carrying exactly the labels it groups by, with values the workload produced."""
+        unanswered, wrong = [], []
+        for query in dashboard_prometheus_queries():
+            labels = grouped_by(query.expr)
+            samples = scraped.instant(substitute(query.expr, ALL))
+            if not samples:
+                unanswered.append(query.where)
+            for sample in samples:
+                carried = set(sample.labels)
+                values_ok = all(sample.labels[label] in WORKLOAD_LABELS[label] for label in carried)
+                if carried != labels or not values_ok:
+                    wrong.append((query.where, sample.labels))
+        assert unanswered == []
+        assert wrong == []
+
+    def test_count_queries_equal_the_workload(self, scraped: PrometheusAPI) -> None:
+        """Over the whole run, every query that counts answers the workload's exact counts, and
+        every other one (quantiles, times, gauges) a finite value for the expected series."""
+        checked = 0
+        for query in dashboard_prometheus_queries():
+            labels = grouped_by(query.expr)
+            got = answer(scraped, substitute(over_the_whole_run(query.expr), ALL), labels)
+            key = (query.dashboard, query.panel, query.panel_type)
+            expected = COUNTS_BY_REF.get((*key, query.ref_id), COUNTS.get(key))
+            if expected is not None:
+                assert got == pytest.approx(expected), query.where
+                checked += 1
+            else:
+                assert got, query.where
+                assert all(math.isfinite(value) for value in got.values()), (query.where, got)
+        assert checked == len(COUNTS) + len(COUNTS_BY_REF) + 1  # Entries: refIds A and B

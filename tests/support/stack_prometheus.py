@@ -130,6 +130,7 @@ global:
   evaluation_interval: {interval}
 scrape_configs:
   - job_name: {job}
+    honor_labels: {honor_labels}
     static_configs:
       - targets: [{targets}]
 """
@@ -145,15 +146,22 @@ def prometheus(
     interval: str = "1s",
     extra_config: str = "",
     extra_args: tuple[str, ...] = (),
+    honor_labels: bool = False,
 ) -> Iterator[RunningPrometheus]:
     """Runs Prometheus on a free 127.0.0.1 port, scraping `targets` as job `job`.
+
+    `honor_labels` keeps the `job` and `instance` labels the target sets, as
+    deploy/prometheus.yml does for the collector's exporter (`job` = service.name).
 
     `extra_config` adds top-level sections (rule_files, alerting); `extra_args` flags."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
     config.write_text(
         CONFIG_TEMPLATE.format(
-            interval=interval, job=job, targets=", ".join(f'"{t}"' for t in targets)
+            interval=interval,
+            job=job,
+            targets=", ".join(f'"{t}"' for t in targets),
+            honor_labels="true" if honor_labels else "false",
         )
         + extra_config
     )
