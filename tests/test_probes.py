@@ -22,13 +22,16 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "src" / "thunkscope"
 
 # The reads of private state outside _probes, by (module, what is read): the cache hit
 # path and the per-stream tracing check read the probes' objects inline, for speed;
-# `sys._getframe` is CPython's documented frame access; `_gen` and `_call` are mellea's,
-# checked by the mellea tests of each supported version.
+# `sys._getframe` is CPython's documented frame access; `_gen`, `_call` and
+# `_record_ttfb` are mellea's, checked by the mellea tests of each supported version (the
+# fast path keeps mellea 0.8's per-chunk bookkeeping on the thunk exactly).
 INLINE = {
     ("_cache.py", "_trace_state._TRACER_PROVIDER"),
     ("_cache.py", "_metrics_state._METER_PROVIDER"),
     ("_telemetry.py", "_trace_state._TRACER_PROVIDER"),
     ("instrumentation/_cache.py", "sys._getframe"),
+    ("instrumentation/_fast.py", "mot._gen"),
+    ("instrumentation/_fast.py", "mot._record_ttfb"),
     ("instrumentation/_ids.py", "target._call"),
     ("instrumentation/_stream.py", "target._gen"),
 }
