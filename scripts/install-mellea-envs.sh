@@ -20,7 +20,7 @@ for pair in 08:0.8.0 07:0.7.0 06:0.6.0; do
   # structlog instrumentation pins; 0.66b2 would break `pip check`.
   # pytest-timeout and psutil: what mellea's own tests use beyond thunkscope's test extras
   # (its sdists' test group names them without a version); scripts/test-mellea-suites.sh
-  # runs those tests here.
+  # runs 0.6.0's and 0.7.0's tests here (0.8.0's sdist ships none).
   "$venv/bin/python" -m pip install --quiet "mellea==${version}" -e ".[test]" \
     "opentelemetry-distro==0.66b1" pytest-timeout psutil
 done
