@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench.py                 # full run (30-45 s on 2 cores)
     python benchmarks/bench.py --quick         # a few seconds, to keep the script working
     python benchmarks/bench.py --json out.json # also write the results as JSON
+    python benchmarks/bench.py --only mellea --callgrind  # + instructions per chunk
 
 Every figure is a ratio against a baseline timed in the same process: each repetition
 times the thunkscope operation and its baseline back to back, and the figure is the
@@ -20,7 +21,13 @@ runs in a subprocess of its own (``--worker NAME``):
 - ``sdk``: a TracerProvider with a BatchSpanProcessor sized as `thunkscope.configure()`
   sizes it, exporting to a counting exporter, and a MeterProvider with a periodic reader;
 - ``rss``: many streams run one after another, RSS and the in-flight registry checked;
-- ``concurrent``: many concurrent streams, every item and every span accounted for.
+- ``concurrent``: many concurrent streams, every item and every span accounted for;
+- ``mellea``: per chunk, mellea 0.8's own ``send_to_queue`` against the same function
+  instrumented (fast path, and wrapping), SDK on; run by the interpreter of
+  ``.venv-mellea08`` (``--mellea-python``), left out with a note where there is none.
+  ``--callgrind`` adds instructions per chunk counted by ``valgrind --tool=callgrind``
+  (load-independent): each variant runs 1 and then 6 streams after a warm-up stream, in
+  two valgrind runs, and the difference over 5 streams' chunks is the per-chunk count.
 
 The exit status is 0 whatever the figures say, unless ``--check`` asks for 1 on a miss.
 """
@@ -63,6 +70,8 @@ class Sizes:
     rss_streams: int = 100_000
     concurrent_streams: int = 1_000
     concurrent_items: int = 1_000
+    mellea_items: int = 2_000
+    mellea_streams: int = 5  # per timed block
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -77,6 +86,7 @@ class Sizes:
             rss_streams=3_000,
             concurrent_streams=50,
             concurrent_items=200,
+            mellea_streams=1,
         )
 
 
@@ -932,20 +942,165 @@ def worker_concurrent(sizes: Sizes) -> dict[str, Any]:
     return {"checks": [asdict(Check("concurrent streams", passed, summary, detail))]}
 
 
+# --- mellea: its own loop, and the instrumented one ----------------------------------------------
+
+MELLEA_VARIANTS = ("mellea", "fast", "wrapping")
+MELLEA_CALLGRIND_STREAMS = (1, 6)  # streams measured after the warm-up, one valgrind run each
+
+
+def mellea_functions() -> dict[str, Callable[..., Awaitable[None]]]:
+    """mellea's own send_to_queue, the fast path's stand-in (from instrument(fast_path=True))
+    and the wrapping path's wrapper of it, all on the installed mellea (0.8)."""
+    import wrapt
+    from mellea.helpers import async_helpers
+
+    from thunkscope.instrumentation import MelleaInstrumentor
+    from thunkscope.instrumentation._stream import make_send_to_queue_wrapper
+
+    original = async_helpers.send_to_queue
+    instrumentor = MelleaInstrumentor()
+    instrumentor.instrument(fast_path=True)
+    if not instrumentor.fast_path_active:
+        raise RuntimeError("the mellea fast path did not take over: see the log line above")
+    return {
+        "mellea": original,
+        "fast": async_helpers.send_to_queue,
+        "wrapping": wrapt.FunctionWrapper(
+            original, make_send_to_queue_wrapper("mellea", CHUNK_TIMEOUT)
+        ),
+    }
+
+
+async def mellea_streams(
+    function: Callable[..., Awaitable[None]], streams: int, items: int
+) -> None:
+    """`streams` streams of `items` never-suspending chunks, each into a fresh thunk's
+    unbounded queue, as a mellea 0.8 backend feeds them; every chunk and the sentinel land."""
+    from mellea.core import ModelOutputThunk
+
+    for _ in range(streams):
+        mot = ModelOutputThunk(None)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        mot._gen.queue = queue
+        await function(numbers(items), mot, chunk_timeout=CHUNK_TIMEOUT)
+        if queue.qsize() != items + 1:
+            raise RuntimeError(f"{queue.qsize()} of {items + 1} puts landed")
+
+
+async def _mellea_figures(sizes: Sizes, sdk: Sdk) -> tuple[list[Figure], list[Part]]:
+    functions = mellea_functions()
+    streams, items = sizes.mellea_streams, sizes.mellea_items
+
+    def block(name: str) -> Callable[[], Awaitable[float]]:
+        async def timed() -> float:
+            function = functions[name]
+            return await time_async(
+                lambda: mellea_streams(function, streams, items), streams * items
+            )
+
+        return timed
+
+    for name in MELLEA_VARIANTS:
+        await mellea_streams(functions[name], 1, items)  # warm up
+    samples = await interleaved(
+        sizes.reps, {name: (block(name), sdk.flush) for name in MELLEA_VARIANTS}
+    )
+    label = f"SDK, chunk_timeout=120, {items:,} never-suspending chunks"
+    figures = [
+        figure(
+            f"mellea 0.8 send_to_queue per chunk, instrumented, fast path ({label})",
+            samples["fast"],
+            "mellea 0.8's own send_to_queue (per-chunk asyncio.timeout)",
+            samples["mellea"],
+            0.2,
+        )
+    ]
+    parts = [
+        part(
+            "mellea 0.8 send_to_queue per chunk, instrumented by wrapping (no fast path)",
+            samples["wrapping"],
+            samples["mellea"],
+            "x mellea's own",
+        )
+    ]
+    return figures, parts
+
+
+def worker_mellea(sizes: Sizes) -> dict[str, Any]:
+    """The per-chunk cost of mellea's send_to_queue, its own and instrumented, SDK on."""
+    sdk = install_sdk()
+    try:
+        figures, parts = asyncio.run(_mellea_figures(sizes, sdk))
+        sdk.flush()
+    finally:
+        sdk.shutdown()
+    return {"figures": [asdict(f) for f in figures], "breakdown": [asdict(p) for p in parts]}
+
+
+def mellea_instructions_run(variant: str, streams: int, items: int) -> None:
+    """What one valgrind run executes: the SDK, a warm-up stream, then `streams` streams."""
+    sdk = install_sdk()
+
+    async def main() -> None:
+        function = mellea_functions()[variant]
+        await mellea_streams(function, 1, items)
+        sdk.flush()
+        await mellea_streams(function, streams, items)
+
+    try:
+        asyncio.run(main())
+    finally:
+        sdk.shutdown()
+
+
+def callgrind_per_chunk(python: str, items: int) -> dict[str, float]:
+    """Instructions per chunk of each variant, from two callgrind runs apiece."""
+    per_chunk: dict[str, float] = {}
+    low, high = MELLEA_CALLGRIND_STREAMS
+    for variant in MELLEA_VARIANTS:
+        counts = []
+        for streams in (low, high):
+            command = [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                python,
+                str(Path(__file__).resolve()),
+                "--instructions",
+                f"{variant},{streams},{items}",
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            found = [line for line in done.stderr.splitlines() if "Collected :" in line]
+            if done.returncode != 0 or not found:
+                raise RuntimeError(f"callgrind run failed:\n{done.stderr.strip()[-3000:]}")
+            counts.append(int(found[-1].rsplit(":", 1)[1]))
+        per_chunk[variant] = (counts[1] - counts[0]) / ((high - low) * items)
+    return per_chunk
+
+
+def mellea_python(given: str | None) -> str | None:
+    """The interpreter of the mellea 0.8 environment, if there is one."""
+    if given:
+        return given
+    candidate = Path(__file__).resolve().parent.parent / ".venv-mellea08" / "bin" / "python"
+    return str(candidate) if candidate.exists() else None
+
+
 WORKERS: dict[str, Callable[[Sizes], dict[str, Any]]] = {
     "nosdk": worker_nosdk,
     "sdk": worker_sdk,
     "rss": worker_rss,
     "concurrent": worker_concurrent,
+    "mellea": worker_mellea,
 }
 
 
 # --- the parent: run the workers, print the table ------------------------------------------------
 
 
-def run_worker(name: str, quick: bool, clock: str) -> dict[str, Any]:
+def run_worker(name: str, quick: bool, clock: str, python: str = sys.executable) -> dict[str, Any]:
     """Run one worker in a fresh interpreter and return what it printed as JSON."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--clock", clock]
+    command = [python, str(Path(__file__).resolve()), "--worker", name, "--clock", clock]
     if quick:
         command.append("--quick")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -1036,13 +1191,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="GROUPS",
         help=f"comma-separated groups to run, of {','.join(WORKERS)} (default: all)",
     )
+    parser.add_argument(
+        "--mellea-python",
+        metavar="PATH",
+        help="the interpreter of a mellea 0.8 environment (default: .venv-mellea08's)",
+    )
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="with the mellea group: instructions per chunk under valgrind --tool=callgrind",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--instructions", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     use_clock(args.clock)
 
     if args.worker:
         print(json.dumps(WORKERS[args.worker](sizes)))
+        return 0
+    if args.instructions:
+        variant, streams, items = args.instructions.split(",")
+        mellea_instructions_run(variant, int(streams), int(items))
         return 0
 
     started = time.perf_counter()
@@ -1054,13 +1224,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(groups) - set(WORKERS)
     if unknown:
         parser.error(f"unknown groups: {', '.join(sorted(unknown))}")
+    notes: list[str] = []
+    mellea = mellea_python(args.mellea_python)
     for name in groups:
-        result = run_worker(name, args.quick, args.clock)
+        python = sys.executable
+        if name == "mellea":
+            if mellea is None:
+                notes.append(
+                    "mellea group left out: no .venv-mellea08 (bash scripts/install-mellea-envs.sh"
+                    " or --mellea-python)"
+                )
+                continue
+            python = mellea
+        result = run_worker(name, args.quick, args.clock, python)
         figures.extend(result.get("figures", []))
         checks.extend(result.get("checks", []))
         breakdown.extend(result.get("breakdown", []))
         if "spans" in result:
             extra["sdk_worker_spans"] = result["spans"]
+    if args.callgrind and mellea is not None and "mellea" in groups:
+        per_chunk = callgrind_per_chunk(mellea, sizes.mellea_items)
+        extra["mellea_instructions_per_chunk"] = per_chunk
+        notes.append(
+            "instructions per chunk (callgrind, SDK on): "
+            + ", ".join(f"{name} {count:,.0f}" for name, count in per_chunk.items())
+            + f"; fast/mellea {per_chunk['fast'] / per_chunk['mellea']:.3f}, "
+            f"wrapping/mellea {per_chunk['wrapping'] / per_chunk['mellea']:.3f}"
+        )
     elapsed = time.perf_counter() - started
     report = {
         "mode": "quick" if args.quick else "full",
@@ -1072,6 +1262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "breakdown": breakdown,
         "all_passed": all(f["passed"] for f in figures) and all(c["passed"] for c in checks),
         "elapsed_s": round(elapsed, 1),
+        "notes": notes,
         **extra,
     }
     info = report["machine"]
@@ -1089,6 +1280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     print(checks_table(checks))
     print()
+    for note in notes:
+        print(note)
+    if notes:
+        print()
     print(
         f"{'all targets met' if report['all_passed'] else 'TARGETS MISSED'} "
         f"in {report['elapsed_s']} s"

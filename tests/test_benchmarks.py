@@ -46,6 +46,14 @@ TARGETS = {
     ("wait_for_all_mots of 100", "bare asyncio.gather"): 1.2,
 }
 
+# The mellea group runs where the mellea 0.8 environment is (scripts/test.sh installs it).
+HAVE_MELLEA_ENV = (BENCH.parent.parent / ".venv-mellea08" / "bin" / "python").exists()
+MELLEA_TARGETS = {
+    ("mellea 0.8 send_to_queue per chunk, instrumented, fast path", "mellea 0.8's own"): 0.2,
+}
+EXPECTED_TARGETS = TARGETS | (MELLEA_TARGETS if HAVE_MELLEA_ENV else {})
+MELLEA_PARTS = ["mellea 0.8 send_to_queue per chunk, instrumented by wrapping (no fast path)"]
+
 
 def _load_bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("thunkscope_bench", BENCH)
@@ -78,7 +86,7 @@ class TestQuickRun:
         stdout, report = quick_run
         assert "| figure | ns | baseline | baseline ns | ratio | target | result |" in stdout
         rows = [line for line in stdout.splitlines() if line.startswith("| ") and "<=" in line]
-        assert len(rows) == len(report["figures"]) == len(TARGETS)
+        assert len(rows) == len(report["figures"]) == len(EXPECTED_TARGETS)
         checks = [line for line in stdout.splitlines() if line.startswith("- ")]
         assert len(checks) == len(report["checks"]) == 2
 
@@ -100,10 +108,12 @@ class TestQuickRun:
             assert fig["ratio"] == pytest.approx(ratio, rel=1e-2)  # samples are rounded
             assert fig["passed"] == (fig["ratio"] <= fig["target"])
             (key,) = [
-                k for k in TARGETS if fig["name"].startswith(k[0]) and k[1] in fig["baseline"]
+                k
+                for k in EXPECTED_TARGETS
+                if fig["name"].startswith(k[0]) and k[1] in fig["baseline"]
             ]
             found[key] = fig["target"]
-        assert found == TARGETS
+        assert found == EXPECTED_TARGETS
 
     def test_fixed_cost_is_split_at_the_contract_floor(
         self, quick_run: tuple[str, dict[str, Any]]
@@ -116,6 +126,7 @@ class TestQuickRun:
             "of the fixed cost: what send_to_queue adds to those calls",
             "wait_for_all_mots: the SDK calls SPEC section 2 asks of it around a bare gather, "
             "alone",
+            *(MELLEA_PARTS if HAVE_MELLEA_ENV else []),
         ]
         for p in report["breakdown"]:
             (line,) = [line for line in stdout.splitlines() if line.startswith(f"* {p['name']}: ")]
@@ -124,6 +135,7 @@ class TestQuickRun:
             "bare spans",
             "bare spans",
             "x the bare gather",
+            *(["x mellea's own"] if HAVE_MELLEA_ENV else []),
         ]
         # Figures only: how large each part is depends on the machine and its load, so it is
         # printed, never compared with a target here. The first two parts are differences of
@@ -145,6 +157,8 @@ class TestQuickRun:
             all(f["passed"] for f in report["figures"])
             and all(c["passed"] for c in report["checks"])
         )
+        left_out = [note for note in report["notes"] if note.startswith("mellea group left out")]
+        assert len(left_out) == (0 if HAVE_MELLEA_ENV else 1)
 
     def test_sequential_streams_leave_nothing_in_flight(
         self, quick_run: tuple[str, dict[str, Any]]
