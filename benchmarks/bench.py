@@ -1278,8 +1278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if breakdown:
         print(breakdown_lines(breakdown))
         print()
-    print(checks_table(checks))
-    print()
+    if checks:
+        print(checks_table(checks))
+        print()
     for note in notes:
         print(note)
     if notes:

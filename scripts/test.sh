@@ -16,7 +16,8 @@ bash scripts/install-mellea-envs.sh
 # skipped.
 .venv/bin/python -m pytest -m "not mellea and not mellea08" "$@"
 mellea_tests=(tests/test_instrumentation_mellea.py tests/test_fake_openai.py tests/test_streamrec.py
-  tests/test_mellea_fast_path.py tests/test_mellea_suites_plugin.py
+  tests/test_mellea_fast_path.py tests/test_mellea_fast_path_properties.py
+  tests/test_mellea_suites_plugin.py
   tests/test_generation_benchmark.py)
 .venv-mellea08/bin/python -m pytest -m "mellea" "${mellea_tests[@]}" "$@"
 .venv-mellea07/bin/python -m pytest -m "mellea and not mellea08" "${mellea_tests[@]}" "$@"
