@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import inspect
+import json
 import linecache
 import logging
+import subprocess
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -282,3 +285,123 @@ class TestFallback:
         found = _fast.recognise(namespace["send_to_queue"], _installed())
         assert isinstance(found, str)
         assert "its source cannot be read" in found
+
+
+class PutCountingQueue(asyncio.Queue[Any]):
+    """A queue whose put is its own: the fast path leaves it to mellea's function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+
+    async def put(self, item: Any) -> None:
+        self.puts += 1
+        await super().put(item)
+
+
+async def _one_stall() -> AsyncIterator[str]:
+    yield "a"
+    await asyncio.sleep(0.05)
+    yield "b"
+
+
+class TestPerCallFallback:
+    """A call the fast path does not serve runs mellea's own function, observed as wrapping."""
+
+    async def test_queue_with_its_own_put(
+        self, helpers: Any, instrumentor: MelleaInstrumentor, telemetry: Any
+    ) -> None:
+        """A queue subclass overriding put gets mellea's loop: every put through its put."""
+        instrumentor.instrument(fast_path=True)
+        queue = PutCountingQueue()
+        await helpers.send_to_queue(_three(), _target(helpers, queue))
+        assert [queue.get_nowait() for _ in range(queue.qsize())] == ["a", "b", "c", None]
+        assert queue.puts == 4  # mellea awaits put for each item and the sentinel
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        assert dict(span.attributes or {})[names.STREAM_OUTCOME] == "completed"
+
+    @pytest.mark.mellea07plus
+    @pytest.mark.parametrize("chunk_timeout", [0, -1.0, float("inf"), True])
+    async def test_chunk_timeout_mellea_gives_its_own_meaning(
+        self,
+        helpers: Any,
+        instrumentor: MelleaInstrumentor,
+        telemetry: Any,
+        chunk_timeout: Any,
+    ) -> None:
+        """0, a negative, infinity or a bool chunk_timeout: exactly mellea's own outcome."""
+        original = helpers.send_to_queue
+        instrumentor.instrument(fast_path=True)
+        results = []
+        for function in (original, helpers.send_to_queue):
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            await function(_one_stall(), _target(helpers, queue), chunk_timeout=chunk_timeout)
+            results.append(
+                [
+                    (type(i).__name__, str(i)) if isinstance(i, BaseException) else i
+                    for i in (queue.get_nowait() for _ in range(queue.qsize()))
+                ]
+            )
+        assert results[1] == results[0]
+        (span,) = telemetry.spans(names.SPAN_SEND_TO_QUEUE)  # the served call was recorded
+        assert dict(span.attributes or {})[names.STREAM_NAME] == "mellea"
+
+    @pytest.mark.mellea08
+    async def test_thunk_without_a_queue(
+        self, helpers: Any, instrumentor: MelleaInstrumentor, telemetry: Any
+    ) -> None:
+        """On 0.8 a bare queue instead of a thunk fails as mellea does, at the same place."""
+        instrumentor.instrument(fast_path=True)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def never_awaited() -> None:
+            return None
+
+        co = never_awaited()
+        with pytest.raises(AttributeError, match="_gen"):
+            await helpers.send_to_queue(co, queue)
+        co.close()
+        assert queue.empty()
+
+
+class TestLaterImports:
+    """A backend module imported after instrument(fast_path=True) is served too."""
+
+    def test_backend_imported_later(self, helpers: Any) -> None:
+        """It gets its own stand-in, named after it; uninstrument() gives it the original."""
+        code = textwrap.dedent(
+            """
+            import json, sys, wrapt
+            from thunkscope.instrumentation import MelleaInstrumentor
+            instrumentor = MelleaInstrumentor()
+            instrumentor.instrument(fast_path=True)
+            from mellea.helpers import async_helpers
+            loaded_before = "mellea.backends.openai" in sys.modules
+            import mellea.backends.openai as backend
+            bound = backend.send_to_queue
+            original = bound.__wrapped__
+            out = {
+                "loaded_before": loaded_before,
+                "active": instrumentor.fast_path_active,
+                "plain": not isinstance(bound, wrapt.FunctionWrapper),
+                "own": bound is not async_helpers.send_to_queue,
+                "same_original": original is async_helpers.send_to_queue.__wrapped__,
+            }
+            instrumentor.uninstrument()
+            out["restored"] = backend.send_to_queue is original
+            print(json.dumps(out))
+            """
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        )
+        out = json.loads(result.stdout.strip().splitlines()[-1])
+        assert out == {
+            "loaded_before": False,
+            "active": True,
+            "plain": True,
+            "own": True,
+            "same_original": True,
+            "restored": True,
+        }
+        assert result.stderr == ""
