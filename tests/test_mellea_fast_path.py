@@ -405,3 +405,56 @@ class TestLaterImports:
             "restored": True,
         }
         assert result.stderr == ""
+
+
+class TestInflightView:
+    """A stalled stream looks the same in thunkscope.inflight() through either path."""
+
+    def test_stalled_stream_snapshot(self, helpers: Any, telemetry: Any) -> None:
+        """Mid-stall, the fast path's snapshot is the wrapping path's (ids and stacks aside)."""
+        import thunkscope
+        from thunkscope import _telemetry, testing
+        from thunkscope.instrumentation import _fast
+        from thunkscope.instrumentation._stream import make_send_to_queue_wrapper
+
+        original = inspect.unwrap(helpers.send_to_queue)
+        release = _fast.RELEASES[_installed()]
+        served = {
+            "fast": _fast.make_fast_send_to_queue(release, original, "mellea.snap", None),
+            "wrapping": wrapt.FunctionWrapper(
+                original, make_send_to_queue_wrapper("mellea.snap", None)
+            ),
+        }
+
+        async def backend() -> AsyncIterator[str]:
+            yield "a"
+            yield "b"
+            await asyncio.sleep(40.0)  # past the 30 s stall warning, under chunk_timeout
+            yield "c"
+
+        async def snapshot(function: Any) -> dict[str, Any]:
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            producer = asyncio.create_task(function(backend(), _target(helpers, queue)))
+            await asyncio.sleep(35.0)
+            (snap,) = thunkscope.inflight()
+            await producer
+            assert [queue.get_nowait() for _ in range(queue.qsize())] == ["a", "b", "c", None]
+            return {k: v for k, v in snap.items() if k not in ("stream_id", "trace_id", "stack")}
+
+        _telemetry.telemetry.settings.stall_after = 30.0
+        seen = {}
+        for name, function in served.items():
+            with testing.virtual_time() as loop:
+                seen[name] = loop.run_until_complete(snapshot(function))
+        assert (
+            seen["fast"]
+            == seen["wrapping"]
+            == {
+                "name": "mellea.snap",
+                "state": "stalled",
+                "items": 2,
+                "age_s": 35.0,
+                "idle_s": 35.0,
+                "backend_type": "TestInflightView.test_stalled_stream_snapshot.<locals>.backend",
+            }
+        )
