@@ -260,10 +260,11 @@ def scripts(draw: st.DrawFn) -> Script:
     cancelled = draw(st.integers(0, 3)) == 0  # one stream in four: the rest end by themselves
     cancel_at = draw(st.integers(0, 60)) / 4 + 1 / 2048 if cancelled else None
     timeout = draw(st.sampled_from((None, *TIMEOUTS))) if this.timeout else None
-    # A cancel the backend swallows is the deadline's: an outside cancel a backend swallows
-    # is the one documented difference (see thunkscope.instrumentation._fast).
+    # The backend may swallow the deadline's cancel, or an outside cancel on a stream with no
+    # deadline; an outside cancel swallowed where a deadline may fire later is the one
+    # documented difference (see thunkscope.instrumentation._fast), not drawn.
     swallow = None
-    if timeout is not None and cancel_at is None:
+    if timeout is None or cancel_at is None:
         swallow = draw(st.sampled_from((None, "item", "end", "raise", "raise_timeout")))
     return Script(
         response=draw(st.sampled_from(RESPONSES)),
@@ -528,7 +529,7 @@ def fitted(script: Script) -> Script:
         script,
         chunk_timeout=timeout,
         on_timeout=script.on_timeout if this.on_timeout else None,
-        swallow=script.swallow if timeout is not None else None,
+        swallow=script.swallow if timeout is None or script.cancel_at is None else None,
     )
 
 
@@ -566,6 +567,9 @@ EXAMPLES = (
     _example(response="coroutine_value", maxsize=1, pause=0.25 + 1 / 1024),
     _example(ending="hang", chunk_timeout=None, cancel_at=7.25 + 1 / 2048),  # cancelled
     _example(maxsize=1, pause=1.0 + 1 / 1024, cancel_at=0.5 + 1 / 2048),  # cancelled in a put
+    # an outside cancel the backend turns into its own TimeoutError: forwarded, not a timeout
+    _example(ending="hang", chunk_timeout=None, cancel_at=3.0 + 1 / 2048, swallow="raise_timeout"),
+    _example(ending="hang", chunk_timeout=None, cancel_at=3.0 + 1 / 2048, swallow="item"),
 )
 
 

@@ -101,6 +101,7 @@ class _Observation:
         "cancelled",
         "cancelling",
         "error",
+        "guarded",
         "mode",
         "put_previous",
         "queue",
@@ -118,11 +119,13 @@ class _Observation:
         self.put_previous: State = AWAITING_ITEM
         # The task's cancel requests before the stream: one more is mellea's deadline's.
         self.cancelling = 0 if watch.task is None else watch.task.cancelling()
+        self.guarded = False  # whether mellea enforces a chunk_timeout on this stream
 
     def cancel_requested(self) -> bool:
-        """Whether the task has been asked to cancel since the stream began."""
+        """Whether mellea guards this stream and the task has been asked to cancel since
+        the stream began (by that guard, unless something else cancelled it too)."""
         task = self.watch.task
-        return task is not None and task.cancelling() > self.cancelling
+        return self.guarded and task is not None and task.cancelling() > self.cancelling
 
     def response(self, response: Any) -> Any:
         """The backend answered: an async iterator comes back observed, anything else as is."""
@@ -289,6 +292,7 @@ async def observe_send_to_queue(
     watch = run.watch
 
     observation = _Observation(watch, queue)
+    observation.guarded = chunk_timeout is not None  # mellea has a deadline of its own
     observed: Any
     if isinstance(co, Coroutine):
         watch.backend_type = backend_type_of(co)
