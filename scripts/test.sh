@@ -17,12 +17,20 @@ bash scripts/install-mellea-envs.sh
 .venv/bin/python -m pytest -m "not mellea and not mellea08" "$@"
 mellea_tests=(tests/test_instrumentation_mellea.py tests/test_fake_openai.py tests/test_streamrec.py
   tests/test_mellea_fast_path.py tests/test_mellea_fast_path_properties.py
-  tests/test_mellea_suites_plugin.py
-  tests/test_generation_benchmark.py)
-.venv-mellea08/bin/python -m pytest -m "mellea" "${mellea_tests[@]}" "$@"
-.venv-mellea07/bin/python -m pytest -m "mellea and not mellea08" "${mellea_tests[@]}" "$@"
-.venv-mellea06/bin/python -m pytest -m "mellea and not mellea08 and not mellea07plus" \
-  "${mellea_tests[@]}" "$@"
+  tests/test_mellea_suites_plugin.py tests/test_generation_benchmark.py)
+# THUNKSCOPE_MELLEA_FAST_PATH=0: the instrumentor wraps mellea's own functions; then the
+# tests that drive each release's real backend (fake OpenAI server) and helpers through the
+# instrumentor run again with the fast path serving (=1): the same results in both modes.
+markers=("08:mellea" "07:mellea and not mellea08"
+  "06:mellea and not mellea08 and not mellea07plus")
+for env in "${markers[@]}"; do
+  THUNKSCOPE_MELLEA_FAST_PATH=0 ".venv-mellea${env%%:*}/bin/python" -m pytest -m "${env#*:}" \
+    "${mellea_tests[@]}" "$@"
+done
+for env in "${markers[@]}"; do
+  THUNKSCOPE_MELLEA_FAST_PATH=1 ".venv-mellea${env%%:*}/bin/python" -m pytest -m "${env#*:}" \
+    tests/test_instrumentation_mellea.py "$@"
+done
 # mellea's own test suites with thunkscope's instrumentor on, per release and mode.
 bash scripts/test-mellea-suites.sh
 

@@ -66,11 +66,22 @@ def fake_openai() -> Iterator[FakeOpenAI]:
         yield server
 
 
+def _check_mode(instrumentor: MelleaInstrumentor) -> None:
+    """The instrumentor serves in the mode THUNKSCOPE_MELLEA_FAST_PATH asks for, if it is set.
+
+    scripts/test.sh runs this file a second time with the fast path on (=1): every test
+    here must then see the same results with thunkscope's loop serving mellea's streams."""
+    asked = os.environ.get("THUNKSCOPE_MELLEA_FAST_PATH")
+    if asked in ("0", "1"):
+        assert instrumentor.fast_path_active is (asked == "1")
+
+
 @pytest.fixture
 def instrumented(mellea: Any, telemetry: Any) -> Iterator[MelleaInstrumentor]:
     """mellea instrumented for one test, its telemetry in the in-memory providers."""
     instrumentor = MelleaInstrumentor()
     instrumentor.instrument()
+    _check_mode(instrumentor)
     try:
         yield instrumentor
     finally:
@@ -570,6 +581,7 @@ class TestStreams:
         with in_memory_providers() as (exporter, tracer_provider, reader, meter_provider):
             instrumentor = MelleaInstrumentor()
             instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+            _check_mode(instrumentor)
             try:
                 with openai_session(fake_openai.base_url) as mellea_session:
                     mellea_session.chat("hello", model_options=_options())
@@ -638,6 +650,7 @@ class TestStreams:
         logger_provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
         instrumentor = MelleaInstrumentor()
         instrumentor.instrument(logger_provider=logger_provider)
+        _check_mode(instrumentor)
         try:
             with openai_session(fake_openai.base_url) as mellea_session:
                 import openai
