@@ -260,12 +260,8 @@ def scripts(draw: st.DrawFn) -> Script:
     cancelled = draw(st.integers(0, 3)) == 0  # one stream in four: the rest end by themselves
     cancel_at = draw(st.integers(0, 60)) / 4 + 1 / 2048 if cancelled else None
     timeout = draw(st.sampled_from((None, *TIMEOUTS))) if this.timeout else None
-    # The backend may swallow the deadline's cancel, or an outside cancel on a stream with no
-    # deadline; an outside cancel swallowed where a deadline may fire later is the one
-    # documented difference (see thunkscope.instrumentation._fast), not drawn.
-    swallow = None
-    if timeout is None or cancel_at is None:
-        swallow = draw(st.sampled_from((None, "item", "end", "raise", "raise_timeout")))
+    # The first cancel the backend sees (the deadline's or an outside one) it may swallow.
+    swallow = draw(st.sampled_from((None, "item", "end", "raise", "raise_timeout")))
     return Script(
         response=draw(st.sampled_from(RESPONSES)),
         gaps=tuple(draw(st.lists(st.sampled_from(GAPS), min_size=count, max_size=count))),
@@ -529,7 +525,6 @@ def fitted(script: Script) -> Script:
         script,
         chunk_timeout=timeout,
         on_timeout=script.on_timeout if this.on_timeout else None,
-        swallow=script.swallow if timeout is None or script.cancel_at is None else None,
     )
 
 
@@ -570,6 +565,8 @@ EXAMPLES = (
     # an outside cancel the backend turns into its own TimeoutError: forwarded, not a timeout
     _example(ending="hang", chunk_timeout=None, cancel_at=3.0 + 1 / 2048, swallow="raise_timeout"),
     _example(ending="hang", chunk_timeout=None, cancel_at=3.0 + 1 / 2048, swallow="item"),
+    # an outside cancel swallowed, a late item, then a stall past chunk_timeout: a timeout
+    _example(ending="hang", cancel_at=0.5 + 1 / 2048, swallow="item", gaps=(0.0, 1.0)),
 )
 
 

@@ -136,6 +136,11 @@ class Edges:
         """What the loop iterates (``async for``), and what a timeout closes."""
         return response, response
 
+    def cancel_baseline(self, at_start: int) -> int:
+        """The task's cancel requests that were not the deadline's, to tell its cancel
+        apart: here, those it had when the stream started."""
+        return at_start
+
     def timeout_error(self, timeout: float | None) -> BaseException:
         """The exception a consumer gets when chunk_timeout expires."""
         return _timeout_error(timeout)
@@ -197,7 +202,8 @@ async def run_stream(
         add_sentinel(watch)
     except asyncio.CancelledError as exc:
         task = watch.task
-        if not (watch.expired and task is not None and task.uncancel() <= cancelling):
+        baseline = edges.cancel_baseline(cancelling)
+        if not (watch.expired and task is not None and task.uncancel() <= baseline):
             end.outcome, end.error = names.OUTCOME_CANCELLED, exc
             raise
         end.outcome = names.OUTCOME_TIMEOUT

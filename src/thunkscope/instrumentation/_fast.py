@@ -36,10 +36,12 @@ finite number (mellea's ``0``, negative and ``inf`` have their own meanings), a 
 that is not a stock ``asyncio.Queue`` (a subclass overriding ``put``, ``put_nowait`` or
 ``full``), or on 0.8 a thunk without ``_gen.queue`` (mellea raises its own error).
 
-One difference is left: ``asyncio.timeout`` counts the task's earlier cancel requests
-at each chunk, the fast path once per stream. They differ only for a backend that
-swallows an outside ``Task.cancel()`` and streams on, then stalls past chunk_timeout:
-mellea reports the timeout, the fast path a cancellation.
+``asyncio.timeout`` tells its own cancel from others by the task's cancel requests as each
+chunk's wait began: the fast path reads that count per chunk too (`per_chunk`), so a
+backend that swallows an outside ``Task.cancel()`` and streams on ends as under mellea.
+One case is left: a backend that turns the deadline's cancel into a ``TimeoutError`` of its
+own while an outside cancel is also pending gets mellea's timeout from mellea and a
+cancellation from the fast path (it would need two cancels delivered in one step).
 """
 
 from __future__ import annotations
@@ -194,13 +196,23 @@ class MelleaEdges(Edges):
     """mellea 0.7/0.8's rules at a stream's edges (0.6 has no timeout: thunkscope's serve)."""
 
     forgive_late = True
-    __slots__ = ("chunk_timeout",)
+    __slots__ = ("baseline", "chunk_timeout", "task")
 
-    def __init__(self, chunk_timeout: float) -> None:
+    def __init__(self, chunk_timeout: float, task: asyncio.Task[Any] | None) -> None:
         self.chunk_timeout = chunk_timeout  # as given: mellea's message prints it so
+        self.task = task
+        # The task's cancel requests as the wait for the next chunk began: asyncio.timeout
+        # reads them as it enters each chunk's block (`stamp` below keeps this current).
+        self.baseline = 0
+
+    def cancel_baseline(self, at_start: int) -> int:
+        """The count as the current chunk's wait began, as ``asyncio.timeout`` takes it."""
+        return self.baseline
 
     def iterator(self, response: AsyncIterator[Any]) -> tuple[AsyncIterator[Any], Any]:
         """mellea steps ``aiter(response)`` with ``anext`` and closes that object."""
+        if self.task is not None:
+            self.baseline = self.task.cancelling()
         steps = aiter(response)
         if getattr(type(steps), "__aiter__", None) is not None:
             try:
@@ -255,8 +267,10 @@ def _mellea_debug(message: str) -> None:
     core.MelleaLogger.get_logger().debug(message)
 
 
-def _bookkeeping(mot: Any) -> Callable[[], None]:
-    """mellea 0.8's per-chunk stamps on the thunk, as its own loop makes them."""
+def per_chunk(edges: MelleaEdges | None, mot: Any) -> Callable[[], None] | None:
+    """What mellea's loop does per chunk besides the put, as it does it: 0.8's stamps on
+    the thunk (`mot`, else None), and the cancel count each chunk's timeout block reads
+    (`edges`, where a chunk_timeout is enforced, else None)."""
     previous: float | None = None
 
     def stamp() -> None:
@@ -266,7 +280,18 @@ def _bookkeeping(mot: Any) -> Callable[[], None]:
         mot._gen.chunk_intervals.append((now - previous) * 1000 if previous is not None else None)
         previous = now
 
-    return stamp
+    if edges is None or edges.task is None:
+        return None if mot is None else stamp
+    guard, task = edges, edges.task
+
+    def count() -> None:
+        guard.baseline = task.cancelling()
+
+    def stamp_and_count() -> None:
+        stamp()
+        guard.baseline = task.cancelling()
+
+    return count if mot is None else stamp_and_count
 
 
 # --- the replacement -----------------------------------------------------------------------------
@@ -304,8 +329,9 @@ async def serve(
     """One stream of mellea's, through thunkscope's loop with the release's edges."""
     seconds = None if chunk_timeout is None else float(chunk_timeout)
     run, log_ids = open_mellea_stream(name, queue, target, timeout=seconds)
-    edges = THUNKSCOPE_EDGES if chunk_timeout is None else MelleaEdges(chunk_timeout)
-    on_item = _bookkeeping(target) if release.bookkeeping else None
+    guard = None if chunk_timeout is None else MelleaEdges(chunk_timeout, asyncio.current_task())
+    edges = THUNKSCOPE_EDGES if guard is None else guard
+    on_item = per_chunk(guard, target if release.bookkeeping else None)
     end = StreamEnd()
     with structlog.contextvars.bound_contextvars(**log_ids):
         try:

@@ -101,10 +101,11 @@ class _Observation:
         "cancelled",
         "cancelling",
         "error",
-        "guarded",
+        "guard",
         "mode",
         "put_previous",
         "queue",
+        "waiting_since",
         "watch",
     )
 
@@ -117,15 +118,30 @@ class _Observation:
         self.error: BaseException | None = None
         self.cancelled = False
         self.put_previous: State = AWAITING_ITEM
-        # The task's cancel requests before the stream: one more is mellea's deadline's.
-        self.cancelling = 0 if watch.task is None else watch.task.cancelling()
-        self.guarded = False  # whether mellea enforces a chunk_timeout on this stream
+        # The task's cancel requests as mellea's current chunk wait began (its timeout
+        # block reads them so): one more is that block's deadline's.
+        self.cancelling = 0
+        self.guard: float | None = None  # the chunk_timeout mellea enforces, if any
+        self.waiting_since = 0.0
 
-    def cancel_requested(self) -> bool:
-        """Whether mellea guards this stream and the task has been asked to cancel since
-        the stream began (by that guard, unless something else cancelled it too)."""
+    def note_block(self) -> None:
+        """mellea is waiting for the next chunk, inside a fresh timeout block."""
         task = self.watch.task
-        return self.guarded and task is not None and task.cancelling() > self.cancelling
+        if task is not None:
+            self.cancelling = task.cancelling()
+        self.waiting_since = telemetry.clock()
+
+    def deadline_fired(self) -> bool:
+        """Whether mellea's deadline for the current chunk has fired: its time has come
+        (less a millisecond: mellea read its clock just before ours) and the task has been
+        asked to cancel since the wait began."""
+        task = self.watch.task
+        return (
+            self.guard is not None
+            and task is not None
+            and telemetry.clock() >= self.waiting_since + self.guard - 1e-3
+            and task.cancelling() > self.cancelling
+        )
 
     def response(self, response: Any) -> Any:
         """The backend answered: an async iterator comes back observed, anything else as is."""
@@ -192,6 +208,8 @@ class _ObservedIterator:
         watch = observation.watch
         if watch.put_started is not None:
             observation.after_put(telemetry.clock())
+        if observation.guard is not None:
+            observation.note_block()
         try:
             item = await self._anext()
         except StopAsyncIteration:
@@ -202,7 +220,7 @@ class _ObservedIterator:
             observation.before_put(telemetry.clock())
             raise
         except TimeoutError as exc:
-            if observation.cancel_requested():
+            if observation.deadline_fired():
                 # The backend turned mellea's expired deadline into its own TimeoutError:
                 # mellea counts it as its timeout (its block expired), and so does the record.
                 observation.cancelled = True
@@ -292,7 +310,8 @@ async def observe_send_to_queue(
     watch = run.watch
 
     observation = _Observation(watch, queue)
-    observation.guarded = chunk_timeout is not None  # mellea has a deadline of its own
+    if isinstance(chunk_timeout, int | float) and not isinstance(chunk_timeout, bool):
+        observation.guard = float(chunk_timeout)  # mellea's own deadline per chunk
     observed: Any
     if isinstance(co, Coroutine):
         watch.backend_type = backend_type_of(co)
