@@ -736,6 +736,12 @@ def run(configs: Sequence[str], sizes: Sizes, callgrind: bool) -> Result:
 # --- the report ----------------------------------------------------------------------------------
 
 
+def _case_order(case: str) -> tuple[str, int]:
+    """Cases in reading order: fresh before history, fewer chunks first."""
+    kind, chunks = case.split("/")
+    return kind, int(chunks)
+
+
 def _millions(value: float) -> str:
     return f"{value / 1e6:.2f} M"
 
@@ -749,7 +755,9 @@ def report(result: Result) -> str:
     lines.append("")
     cases = list(result.cpu)
     header = "| configuration | " + " | ".join(f"CPU {case} (ratio, us)" for case in cases)
-    instruction_cases = sorted({case for per in result.instructions.values() for case in per})
+    instruction_cases = sorted(
+        {case for per in result.instructions.values() for case in per}, key=_case_order
+    )
     header += "".join(f" | instr. {case} (above none)" for case in instruction_cases) + " |"
     lines += [header, "|" + "---|" * (1 + len(cases) + len(instruction_cases))]
     measured = set(result.cpu[cases[0]]) if cases else set()
@@ -804,11 +812,7 @@ def targets(result: Result) -> list[str]:
     lines = []
     fast = counts.get("thunkscope-fast", {})
 
-    def order(case: str) -> tuple[str, int]:
-        kind, chunks = case.split("/")
-        return kind, int(chunks)
-
-    for case in sorted((c for c in base if c.startswith("fresh/")), key=order):
+    for case in sorted((c for c in base if c.startswith("fresh/")), key=_case_order):
         if case in fast:
             met = fast[case] < base[case]
             lines.append(
@@ -816,7 +820,7 @@ def targets(result: Result) -> list[str]:
                 f"{_millions(base[case])} with no telemetry "
                 f"({'met' if met else 'missed'}: target below no telemetry)"
             )
-    for case in sorted(base, key=order):
+    for case in sorted(base, key=_case_order):
         peers = {p: counts[p][case] - base[case] for p in PEERS if case in counts.get(p, {})}
         if not peers:
             continue
