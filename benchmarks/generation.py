@@ -255,7 +255,9 @@ def _setup_thunkscope(sink: _Sink | None, fast_path: bool = False) -> Setup:
     instrumentor = MelleaInstrumentor()
     if not fast_path:
         instrumentor.instrument()
-        return Setup(True, "MelleaInstrumentor().instrument()")
+        if getattr(instrumentor, "fast_path_active", False):
+            return Setup(True, "MelleaInstrumentor().instrument(), fast path on (environment)")
+        return Setup(True, "MelleaInstrumentor().instrument(), wrapping")
     instrumentor.instrument(fast_path=True)
     active = getattr(instrumentor, "fast_path_active", None)
     if active is None:
@@ -564,8 +566,11 @@ def worker_command(config: str, base_url: str, metric_interval_ms: int) -> list[
 
 
 def worker_env() -> dict[str, str]:
-    """The workers' environment: a fixed hash seed, so their runs are alike."""
-    return {**os.environ, "PYTHONHASHSEED": "0"}
+    """The workers' environment: a fixed hash seed, so their runs are alike, and no
+    ``THUNKSCOPE_MELLEA_FAST_PATH``: each configuration asks for its own mode."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop("THUNKSCOPE_MELLEA_FAST_PATH", None)
+    return env
 
 
 @dataclass(slots=True)

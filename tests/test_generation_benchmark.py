@@ -74,7 +74,7 @@ class TestAvailability:
         stdout, report = quick_run
         notes = report["notes"]
         assert notes["none"] == "no SDK, no instrumentation"
-        assert notes["thunkscope"] == "MelleaInstrumentor().instrument()"
+        assert notes["thunkscope"] == "MelleaInstrumentor().instrument(), wrapping"
         assert notes["mellea"] == "mellea[telemetry] is not installed (cpex missing)"
         assert notes["openllmetry"] == "opentelemetry-instrumentation-openai is not installed"
         assert notes["openlit"] == "openlit is not installed"
