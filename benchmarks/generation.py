@@ -286,15 +286,17 @@ def _setup_openlit(sink: _Sink | None) -> Setup:
     from openlit._instrumentors import MODULE_NAME_MAP
 
     sink.set_global()
-    # A local, empty price list: openlit fetches one over the network otherwise.
-    prices = Path(tempfile.mkdtemp(prefix="bench-openlit-")) / "pricing.json"
-    prices.write_text("{}")
-    openlit.init(
-        capture_message_content=False,
-        disable_events=True,
-        pricing_json=str(prices),
-        disabled_instrumentors=[name for name in MODULE_NAME_MAP if name != "openai"],
-    )
+    # A local, empty price list (read once, by init): openlit fetches one over the network
+    # otherwise.
+    with tempfile.TemporaryDirectory(prefix="bench-openlit-") as directory:
+        prices = Path(directory) / "pricing.json"
+        prices.write_text("{}")
+        openlit.init(
+            capture_message_content=False,
+            disable_events=True,
+            pricing_json=str(prices),
+            disabled_instrumentors=[name for name in MODULE_NAME_MAP if name != "openai"],
+        )
     return Setup(True, "openlit.init(), OpenAI instrumentor only, content and events off")
 
 
