@@ -27,6 +27,7 @@ import datetime
 import importlib.metadata
 import inspect
 import logging
+import threading
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -261,7 +262,7 @@ def scripts(draw: st.DrawFn) -> Script:
     cancel_at = draw(st.integers(0, 60)) / 4 + 1 / 2048 if cancelled else None
     timeout = draw(st.sampled_from((None, *TIMEOUTS))) if this.timeout else None
     # The first cancel the backend sees (the deadline's or an outside one) it may swallow.
-    swallow = draw(st.sampled_from((None, "item", "end", "raise", "raise_timeout")))
+    swallow = draw(st.sampled_from((None, None, None, "item", "end", "raise", "raise_timeout")))
     return Script(
         response=draw(st.sampled_from(RESPONSES)),
         gaps=tuple(draw(st.lists(st.sampled_from(GAPS), min_size=count, max_size=count))),
@@ -292,12 +293,16 @@ class Seen:
 
 
 class _MelleaDebug(logging.Handler):
+    """mellea's log lines from this thread (not from a background loop other tests left)."""
+
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
+        self.thread = threading.get_ident()
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
 
 
 @contextmanager
@@ -465,15 +470,28 @@ def backend_stack(attributes: dict[str, Any]) -> dict[str, Any]:
 
 
 def recorded(telemetry: testing.Recorded) -> dict[str, Any]:
-    """A stream's telemetry, less its random id (every time is virtual, so exact)."""
-    spans = telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+    """This stream's telemetry, less its random id (every time is virtual, so exact).
+
+    Only what carries the stream's name: the telemetry is process-wide, and mellea's
+    background event loop (left by other tests' sessions) may look its loop up meanwhile.
+    """
+    spans = [
+        span
+        for span in telemetry.spans(names.SPAN_SEND_TO_QUEUE)
+        if (span.attributes or {}).get(names.STREAM_NAME) == "prop"
+    ]
     series = {}
     for metric in names.METRICS:
         for point in telemetry.points(metric.name):
-            key = (metric.name, tuple(sorted(dict(point.attributes).items())))
-            series[key] = (getattr(point, "count", None), getattr(point, "sum", None))
+            attributes = dict(point.attributes)
+            if attributes.get(names.STREAM_NAME) != "prop":
+                continue
+            key = (metric.name, tuple(sorted(attributes.items())))
+            series[key] = tuple(getattr(point, k, None) for k in ("count", "sum", "value"))
     logs = []
     for entry in telemetry.logs:
+        if entry.get("stream") != "prop":
+            continue
         fields = {k: v for k, v in entry.items() if k not in ("stream_id", "trace_id", "span_id")}
         if "producer_stack" in fields:
             fields["producer_stack"] = backend_frames(fields["producer_stack"])
@@ -496,6 +514,9 @@ def recorded(telemetry: testing.Recorded) -> dict[str, Any]:
 def telemetry_of(
     script: Script, function: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Seen, dict[str, Any]]:
+    # Every run starts from the same process state: a telemetry failure is reported once per
+    # process, so an earlier run's report must not silence this one's.
+    _telemetry._reported.clear()
     with testing.in_memory_telemetry(logs=True) as telemetry:
         seen = observe(script, function, monkeypatch)
         assert _inflight.registered() == 0
@@ -585,7 +606,11 @@ class TestSameAsMellea:
     @given(script=scripts())
     @_with_examples
     def test_consumer_backend_and_thunk_see_the_same(
-        self, script: Script, monkeypatch: pytest.MonkeyPatch, stall_after: None
+        self,
+        script: Script,
+        monkeypatch: pytest.MonkeyPatch,
+        stall_after: None,
+        fresh_failure_reports: None,
     ) -> None:
         """mellea's own function and the fast path are indistinguishable to the consumer,
         the backend and the thunk; the wrapping path is too, and leaves the same telemetry
@@ -601,7 +626,7 @@ class TestSameAsMellea:
         event(f"late item: {any('late-' in str(item) for _, item in expected.received)}")
         event(f"backend closed: {any('close' in what for _, what in expected.backend)}")
         event(f"on_timeout called: {bool(expected.on_timeout)}")
-        event(f"put waited: {bool(served_telemetry['series'].get(PUT_WAIT))}")
+        event(f"put waited: {PUT_WAIT in served_telemetry['series']}")
         if expected.thunk is not None:
             event(f"chunk intervals recorded: {len(expected.thunk[2])}")
         assert served == expected

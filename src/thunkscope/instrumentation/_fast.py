@@ -282,14 +282,18 @@ def per_chunk(edges: MelleaEdges | None, mot: Any) -> Callable[[], None] | None:
 
     if edges is None or edges.task is None:
         return None if mot is None else stamp
-    guard, task = edges, edges.task
+    guard, cancelling = edges, edges.task.cancelling
 
     def count() -> None:
-        guard.baseline = task.cancelling()
+        guard.baseline = cancelling()
 
-    def stamp_and_count() -> None:
-        stamp()
-        guard.baseline = task.cancelling()
+    def stamp_and_count() -> None:  # stamp() and count() in one call: this runs per chunk
+        nonlocal previous
+        mot._record_ttfb()
+        now = time.perf_counter()
+        mot._gen.chunk_intervals.append((now - previous) * 1000 if previous is not None else None)
+        previous = now
+        guard.baseline = cancelling()
 
     return count if mot is None else stamp_and_count
 
