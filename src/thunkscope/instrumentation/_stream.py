@@ -105,7 +105,6 @@ class _Observation:
         "mode",
         "put_previous",
         "queue",
-        "waiting_since",
         "watch",
     )
 
@@ -118,28 +117,20 @@ class _Observation:
         self.error: BaseException | None = None
         self.cancelled = False
         self.put_previous: State = AWAITING_ITEM
-        # The task's cancel requests as mellea's current chunk wait began (its timeout
-        # block reads them so): one more is that block's deadline's.
-        self.cancelling = 0
+        # The task's cancel requests before the stream: one more may be mellea's deadline's.
+        self.cancelling = 0 if watch.task is None else watch.task.cancelling()
         self.guard: float | None = None  # the chunk_timeout mellea enforces, if any
-        self.waiting_since = 0.0
-
-    def note_block(self) -> None:
-        """mellea is waiting for the next chunk, inside a fresh timeout block."""
-        task = self.watch.task
-        if task is not None:
-            self.cancelling = task.cancelling()
-        self.waiting_since = telemetry.clock()
 
     def deadline_fired(self) -> bool:
         """Whether mellea's deadline for the current chunk has fired: its time has come
-        (less a millisecond: mellea read its clock just before ours) and the task has been
-        asked to cancel since the wait began."""
+        since the wait began (the last item, or the end of a blocked put: the watch's
+        stamp; less a millisecond, as mellea read its clock a little earlier) and the task
+        has been asked to cancel. Nothing is read per chunk for it."""
         task = self.watch.task
         return (
             self.guard is not None
             and task is not None
-            and telemetry.clock() >= self.waiting_since + self.guard - 1e-3
+            and telemetry.clock() >= self.watch.last + self.guard - 1e-3
             and task.cancelling() > self.cancelling
         )
 
@@ -208,8 +199,6 @@ class _ObservedIterator:
         watch = observation.watch
         if watch.put_started is not None:
             observation.after_put(telemetry.clock())
-        if observation.guard is not None:
-            observation.note_block()
         try:
             item = await self._anext()
         except StopAsyncIteration:
