@@ -471,13 +471,13 @@ class Sdk:
 def batch_settings() -> dict[str, float]:
     """The BatchSpanProcessor settings `thunkscope.configure()` chooses (read from it)."""
     from thunkscope import _config
+    from thunkscope._settings import export_timeout_s
 
-    export_timeout_s: float = getattr(_config, "EXPORT_TIMEOUT_S", 3.0)  # moot: nothing is sent
     return {
         "max_queue_size": _config.SPAN_QUEUE_SIZE,
         "max_export_batch_size": _config.SPAN_BATCH_SIZE,
         "schedule_delay_millis": 1000,  # configure()'s, written there as a literal
-        "export_timeout_millis": export_timeout_s * 1000,
+        "export_timeout_millis": export_timeout_s("traces") * 1000,  # moot: nothing is sent
     }
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The core suite on every other CPython thunkscope claims (3.12, 3.13), each in its own venv
-# (.venv-py312, .venv-py313), where the interpreter is installed: `bash scripts/test.sh` runs
-# this after the 3.11 suite. Fails if any run fails; an interpreter that is not installed is
+# (.venv-py312, .venv-py313), where the interpreter is installed, then the mellea 0.8
+# instrumentation with the fast path serving in a mellea venv of each (.venv-py312-mellea08,
+# .venv-py313-mellea08: the fast path recognises mellea's code by a fingerprint of its
+# source tokens, which each interpreter's tokenizer must reproduce): `bash scripts/test.sh`
+# runs this after the 3.11 suite. Fails if any run fails; an interpreter that is not installed is
 # named and left out. SKIP_OTHER_PYTHONS=1 leaves all of them out (the stress runs use it).
 # Usage: scripts/test-other-pythons.sh [pytest args]
 set -euo pipefail
@@ -41,6 +44,15 @@ for version in 3.12 3.13; do
   started=$SECONDS
   if ! "$venv/bin/python" -m pytest -m "not mellea and not mellea08" "$@"; then
     failed+=("$version")
+  fi
+  mellea_venv="${venv}-mellea08"
+  PYTHON="$python" VENV="$mellea_venv" bash scripts/bootstrap.sh test
+  # opentelemetry-distro pinned as in install-mellea-envs.sh (pip check stays clean).
+  "$mellea_venv/bin/python" -m pip install --quiet "mellea==0.8.0" "opentelemetry-distro==0.66b1"
+  if ! THUNKSCOPE_MELLEA_FAST_PATH=1 "$mellea_venv/bin/python" -m pytest -m mellea \
+      tests/test_instrumentation_mellea.py tests/test_mellea_fast_path.py \
+      tests/test_mellea_fast_path_properties.py "$@"; then
+    failed+=("${version} (mellea 0.8, fast path)")
   fi
   lib_log "CPython ${version}: $((SECONDS - started)) s"
 done
