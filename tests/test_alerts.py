@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,6 +12,7 @@ import pytest
 import yaml
 
 from support.promql_names import unknown_references
+from support.scripts import load_script
 from support.stack_tools import require_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +35,7 @@ SPEC_ALERTS = {
 
 def load_generator() -> ModuleType:
     """deploy/alerts/generate.py as a module."""
-    spec = importlib.util.spec_from_file_location("alerts_generate", ALERTS_DIR / "generate.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ALERTS_DIR / "generate.py", "alerts_generate")
 
 
 generate = load_generator()

@@ -8,7 +8,6 @@ and its baselines honest (they implement the same queue protocol as the helper).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
 import statistics
@@ -22,6 +21,7 @@ import pytest
 
 from conftest import Telemetry, events_of
 from support.fakes import drain
+from support.scripts import load_script
 from thunkscope import names
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
@@ -56,13 +56,7 @@ MELLEA_PARTS = ["mellea 0.8 send_to_queue per chunk, instrumented by wrapping (n
 
 
 def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("thunkscope_bench", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "thunkscope_bench")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ the benchmark's own runs (``--no-callgrind`` here: callgrind runs at about 1/50 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support.scripts import load_script
 
 pytestmark = [pytest.mark.mellea, pytest.mark.mellea08]
 
@@ -190,13 +191,7 @@ class TestTelemetryFacts:
 
 
 def _load_generation() -> Any:
-    spec = importlib.util.spec_from_file_location("thunkscope_generation_bench", GENERATION)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(GENERATION, "thunkscope_generation_bench")
 
 
 class TestReport:

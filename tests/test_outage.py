@@ -11,8 +11,6 @@ ran in, so the counts below are per application, phase and signal. Waits are for
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from support.otelcol import collector_binary
+from support.scripts import load_script
 from test_collector import deep_merge, leaves
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,13 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 def _load_outage() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("outage_bench", REPO / "benchmarks" / "outage.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "outage.py", "outage_bench")
 
 
 outage = _load_outage()
@@ -110,8 +103,8 @@ class TestStraightToTheGateway:
         """The cumulative stream count reaches the gateway for every phase, outages included:
         a later export carries what an outage dropped."""
         app = application(scenario, "direct", protocol)
-        assert counts(scenario, app, ("metrics",)) == produced(scenario, app, ("metrics",)), (
-            shown(scenario)
+        assert counts(scenario, app, ("metrics",)) == produced(scenario, app, ("metrics",)), shown(
+            scenario
         )
 
     def test_a_3_s_outage_loses_no_span_or_log_record(self, scenario: Any, protocol: str) -> None:

@@ -9,7 +9,6 @@ The programs come from `bash scripts/install-stack-tools.sh` (CI runs it).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from support.promql_names import emitted_series, label_of, unknown_references
+from support.scripts import load_script
 from support.stack_dashboards import (
     DASHBOARDS_DIR,
     Query,
@@ -318,14 +318,7 @@ class TestGrafanaProvisioning:
 
 def load_generator() -> ModuleType:
     """dashboards/generate.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "dashboards_generate", DASHBOARDS_DIR / "generate.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DASHBOARDS_DIR / "generate.py", "dashboards_generate")
 
 
 class TestDashboards:
