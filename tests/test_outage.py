@@ -95,7 +95,8 @@ class TestStraightToTheGateway:
         assert sorted(result["produced"]) == sorted(PHASES)
         assert all(result["produced"][phase] > 0 for phase in PHASES), result
         assert app.process.returncode == 0
-        assert result["shutdown_s"] >= 0
+        # The application prints its result line only after shutdown() has returned.
+        assert "shutdown_s" in result
 
     def test_the_metrics_count_every_stream_of_every_phase(
         self, scenario: Any, protocol: str
